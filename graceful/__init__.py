@@ -29,6 +29,10 @@ _EXPORTS = {
     "Pidfile": "pidfile",
     "read_pid": "pidfile",
     "SignalDispatcher": "signals",
+    "Upgrader": "upgrader",
+    "UpgradeError": "upgrader",
+    "Lifecycle": "drain",
+    "serve_socketserver": "socketserver_adapter",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -54,3 +58,6 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .listeners import Listeners, bind
     from .pidfile import Pidfile, read_pid
     from .signals import SignalDispatcher
+    from .socketserver_adapter import serve_socketserver
+    from .drain import Lifecycle
+    from .upgrader import Upgrader, UpgradeError

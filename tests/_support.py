@@ -127,3 +127,122 @@ class Processes:
             for stream in (proc.stdin, proc.stdout, proc.stderr):
                 if stream:
                     stream.close()
+        reap_orphans()
+
+
+def become_subreaper() -> None:
+    """Make this process the reaper of its orphaned descendants (Linux), as a supervisor is:
+    generations that outlive their parent then stay visible to the test and are reaped here."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    PR_SET_CHILD_SUBREAPER = 36
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def reap_orphans(exclude=()) -> None:
+    """Reap exited children that no Popen object owns (orphaned generations); pass the pids of
+    Popen objects in ``exclude`` so their exit status stays theirs to collect."""
+    for pid in children_of(os.getpid()):
+        if pid not in exclude and process_state(pid) == "Z":
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+
+
+class Load:
+    """Bounded background HTTP load from ``clients`` threads, each cycling through ``paths``.
+
+    Keep-alive clients reuse one connection; a connection the server closed while it was idle
+    (seen before the next request is written) is reopened and is not a failure. Every request
+    that was written and did not get a complete 200 response is a failure.
+    """
+
+    def __init__(self, port: int, *, keepalive: bool, paths=("/fast",), clients: int = 4,
+                 max_requests: int = 100_000, max_seconds: float = 120.0,
+                 host: str = "127.0.0.1") -> None:
+        import threading
+
+        self.port, self.host, self.keepalive, self.paths = port, host, keepalive, tuple(paths)
+        self.max_requests, self.max_seconds = max_requests, max_seconds
+        self.ok = 0
+        self.failures: List[str] = []
+        self.pids: List[int] = []  # pids in order of first response
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._client, args=(i,), daemon=True)
+                         for i in range(clients)]
+
+    def start(self) -> "Load":
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self) -> "Load":
+        self._stop.set()
+        for t in self._threads:
+            t.join(self.max_seconds + 30)
+        return self
+
+    @property
+    def total(self) -> int:
+        return self.ok + len(self.failures)
+
+    def wait_requests(self, n: int, timeout: float = 60.0) -> None:
+        wait_for(lambda: self.total >= n or self._stop.is_set(), timeout, what=f"{n} requests")
+
+    def _client(self, index: int) -> None:
+        import http.client
+
+        deadline = time.monotonic() + self.max_seconds
+        conn = None
+        i = index
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            with self._lock:
+                if self.total >= self.max_requests:
+                    return
+            path = self.paths[i % len(self.paths)]
+            i += 1
+            if conn is not None and _closed_by_peer(conn):
+                conn.close()
+                conn = None
+            if conn is None:
+                conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+            try:
+                headers = {} if self.keepalive else {"Connection": "close"}
+                conn.request("GET", path, headers=headers)
+                response = conn.getresponse()
+                body = response.read()
+                if response.status != 200:
+                    raise AssertionError(f"status {response.status}: {body[:100]!r}")
+                pid = int(response.getheader("X-Pid", "0"))
+                with self._lock:
+                    self.ok += 1
+                    if pid not in self.pids:
+                        self.pids.append(pid)
+                if not self.keepalive or response.will_close:
+                    conn.close()
+                    conn = None
+            except Exception as exc:  # every written request that failed is counted
+                with self._lock:
+                    self.failures.append(f"{path}: {exc!r}")
+                conn.close()
+                conn = None
+        if conn is not None:
+            conn.close()
+
+
+def _closed_by_peer(conn) -> bool:
+    sock = conn.sock
+    if sock is None:
+        return True
+    with selectors.DefaultSelector() as sel:
+        sel.register(sock, selectors.EVENT_READ)
+        if not sel.select(0):
+            return False
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True

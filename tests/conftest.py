@@ -2,7 +2,12 @@ from __future__ import annotations
 
 import pytest
 
-from _support import Processes
+from _support import Processes, become_subreaper
+
+
+def pytest_configure(config):
+    # Orphaned server generations become our children, so tests can see (and reap) them.
+    become_subreaper()
 
 
 @pytest.fixture

@@ -1,0 +1,73 @@
+"""A ThreadingHTTPServer that upgrades itself on SIGHUP with graceful's Upgrader.
+
+    python benchmarks/servers/reexec_http.py --port 8000 --pidfile /tmp/reexec.pid
+
+GET /fast answers at once, GET /slow after 200 ms; every response carries ``X-Pid``. With
+``--app-dir DIR`` the module ``app`` is imported from DIR at start (so a test can "deploy" new or
+broken code there): ``app.body(path) -> bytes`` may change responses and ``app.before_ready()``
+runs after the listener is claimed, before ``ready()``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from graceful import Upgrader  # noqa: E402
+from graceful.socketserver_adapter import make_socketserver, run_socketserver  # noqa: E402
+
+app = None
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/slow"):
+            time.sleep(0.2)  # the slow request under test, not synchronisation
+        custom = getattr(app, "body", None)
+        body = custom(self.path) if custom else f"{os.getpid()}\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Pid", str(os.getpid()))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def main() -> int:
+    global app
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--pidfile")
+    parser.add_argument("--app-dir")
+    parser.add_argument("--ready-timeout", type=float, default=10.0)
+    parser.add_argument("--graceful-timeout", type=float, default=10.0)
+    parser.add_argument("--shutdown-delay", type=float, default=0.0)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format=f"[%(process)d] %(message)s")
+    upgrader = Upgrader(pidfile=args.pidfile, ready_timeout=args.ready_timeout,
+                        graceful_timeout=args.graceful_timeout, shutdown_delay=args.shutdown_delay)
+    server = make_socketserver(upgrader, ThreadingHTTPServer, Handler, f"web={args.host}:{args.port}")
+    if args.app_dir:
+        sys.path.insert(0, args.app_dir)
+        import app as deployed  # noqa: E402  (the deployed code: may be broken on purpose)
+        app = deployed
+        getattr(app, "before_ready", lambda: None)()
+    print(f"READY {os.getpid()}", flush=True)
+    run_socketserver(upgrader, server)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,344 @@
+"""Self re-exec with real processes: SIGHUP upgrades under load, rollback, fds, sd_notify."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import textwrap
+import time
+
+import pytest
+
+from _support import (ROOT, Load, children_of, free_port, open_fds, process_state, read_line,
+                      reap_orphans, wait_for)
+from graceful.pidfile import read_pid
+
+SERVER = os.path.join(ROOT, "benchmarks", "servers", "reexec_http.py")
+
+
+class Server:
+    def __init__(self, procs, tmp_path, *extra, env=None, app=None):
+        self.port = free_port()
+        self.pidfile = str(tmp_path / "server.pid")
+        self.app_dir = tmp_path / "app"
+        self.app_dir.mkdir()
+        self.deploy(app or "")
+        self.proc = procs.python(
+            SERVER, "--port", str(self.port), "--pidfile", self.pidfile,
+            "--app-dir", str(self.app_dir), "--ready-timeout", "5", "--graceful-timeout", "10",
+            *extra, stdout=subprocess.PIPE, env=env,
+        )
+        line = read_line(self.proc.stdout, 30)
+        assert line.startswith("READY "), line
+        self.first_pid = self.proc.pid
+        wait_for(lambda: self.pid() == self.first_pid, what="pidfile naming the first pid")
+
+    def deploy(self, source: str) -> None:
+        """Write the code the next generation will import (a deploy, maybe a broken one)."""
+        path = self.app_dir / "app.py"
+        path.write_text(textwrap.dedent(source))
+        for cached in (self.app_dir / "__pycache__").glob("*") if (self.app_dir / "__pycache__").exists() else ():
+            cached.unlink()
+
+    def pid(self):
+        try:
+            return read_pid(self.pidfile)
+        except Exception:
+            return None
+
+    def upgrade(self, timeout: float = 30.0) -> int:
+        old = self.pid()
+        os.kill(old, signal.SIGHUP)
+        new = wait_for(lambda: self.pid() not in (None, old) and self.pid(), timeout,
+                       what=f"a successor of pid {old} in the pidfile")
+        wait_for(lambda: _gone(old), timeout, what=f"old generation {old} to exit")
+        return new
+
+
+def _gone(pid: int) -> bool:
+    reap_orphans()
+    return process_state(pid) in (None, "Z")
+
+
+def _expect_no_upgrade(server: Server, load: Load, requests_after: int = 200) -> None:
+    """After a rejected upgrade the same pid keeps serving and load keeps succeeding."""
+    done = load.total
+    load.wait_requests(done + requests_after)
+    assert server.pid() == server.first_pid
+    assert process_state(server.first_pid) not in (None, "Z")
+
+
+def test_sighup_upgrades_under_load_lose_nothing(procs, tmp_path):
+    server = Server(procs, tmp_path)
+    loads = [
+        Load(server.port, keepalive=True, paths=("/fast",) * 9 + ("/slow",), clients=3).start(),
+        Load(server.port, keepalive=False, paths=("/fast",) * 4 + ("/slow",), clients=3).start(),
+    ]
+    pids = [server.first_pid]
+    for _ in range(5):
+        for load in loads:
+            load.wait_requests(load.total + 200)
+        pids.append(server.upgrade())
+    for load in loads:
+        load.wait_requests(load.total + 200)
+        load.stop()
+    total = sum(load.total for load in loads)
+    failures = [f for load in loads for f in load.failures]
+    assert failures == []
+    assert total >= 2000
+    assert len(set(pids)) == 6, pids
+    served_by = {pid for load in loads for pid in load.pids}
+    assert set(pids) <= served_by  # every generation really served
+
+
+def test_successor_that_fails_at_import_is_rolled_back(procs, tmp_path):
+    server = Server(procs, tmp_path)
+    load = Load(server.port, keepalive=True, paths=("/fast", "/slow"), clients=4).start()
+    load.wait_requests(100)
+    server.deploy("raise ImportError('broken deploy')\n")
+    os.kill(server.first_pid, signal.SIGHUP)
+    _expect_no_upgrade(server, load)
+    server.deploy("")
+    new = server.upgrade()
+    load.wait_requests(load.total + 100)
+    load.stop()
+    assert load.failures == []
+    assert new != server.first_pid
+
+
+@pytest.mark.parametrize("broken", [
+    "import sys\ndef before_ready():\n    sys.exit(1)\n",
+    "import os\ndef before_ready():\n    os._exit(3)\n",
+])
+def test_successor_that_exits_before_ready_is_rolled_back(procs, tmp_path, broken):
+    server = Server(procs, tmp_path)
+    load = Load(server.port, keepalive=False, paths=("/fast", "/slow"), clients=4).start()
+    load.wait_requests(100)
+    server.deploy(broken)
+    os.kill(server.first_pid, signal.SIGHUP)
+    _expect_no_upgrade(server, load)
+    load.stop()
+    assert load.failures == []
+
+
+def test_successor_that_never_gets_ready_is_killed_at_ready_timeout(procs, tmp_path):
+    server = Server(procs, tmp_path)
+    load = Load(server.port, keepalive=True, paths=("/fast", "/slow"), clients=4).start()
+    load.wait_requests(100)
+    server.deploy("import threading\ndef before_ready():\n    threading.Event().wait()\n")
+    os.kill(server.first_pid, signal.SIGHUP)
+    hung = wait_for(lambda: [p for p in children_of(server.first_pid)
+                             if process_state(p) not in (None, "Z")], what="the successor")[0]
+    # ready_timeout is 5 s; the successor is then stopped and reaped by the old generation.
+    wait_for(lambda: process_state(hung) is None, 30, what="the hung successor to be reaped")
+    _expect_no_upgrade(server, load)
+    load.stop()
+    assert load.failures == []
+
+
+def test_sighup_storm_upgrades_one_at_a_time(procs, tmp_path):
+    server = Server(procs, tmp_path)
+    load = Load(server.port, keepalive=True, paths=("/fast", "/slow"), clients=4).start()
+    load.wait_requests(100)
+    start = time.monotonic()
+    for _ in range(20):
+        os.kill(server.first_pid, signal.SIGHUP)
+    assert time.monotonic() - start < 1.0
+    new = wait_for(lambda: server.pid() not in (None, server.first_pid) and server.pid(), 30)
+    wait_for(lambda: _gone(server.first_pid), 30, what="the first generation to exit")
+    load.wait_requests(load.total + 200)
+    load.stop()
+    assert load.failures == []
+    # Exactly one successor was ever started by the first generation, and it is healthy.
+    assert process_state(new) not in (None, "Z")
+    assert children_of(new) == []
+    final = Load(server.port, keepalive=False, clients=1, max_requests=20).start()
+    final.wait_requests(20)
+    final.stop()
+    assert final.failures == [] and final.pids == [new]
+
+
+def test_fifty_upgrades_leak_no_fd_and_no_process(procs, tmp_path):
+    server = Server(procs, tmp_path)
+    _one_request(server)  # steady state: serving, not starting
+    first_fds = _fd_targets(server.first_pid)
+    pid = server.first_pid
+    for _ in range(50):
+        pid = server.upgrade()
+    _one_request(server)
+    assert len(_fd_targets(pid)) == len(first_fds), (first_fds, _fd_targets(pid))
+    pgid = os.getpgid(pid)
+    reap_orphans()
+    members = [p for p in map(int, filter(str.isdigit, os.listdir("/proc")))
+               if _pgid(p) == pgid and process_state(p) not in (None, "Z")]
+    assert members == [pid]
+    assert children_of(pid) == []
+    load = Load(server.port, keepalive=False, clients=1, max_requests=10).start()
+    load.wait_requests(10)
+    load.stop()
+    assert load.failures == [] and load.pids == [pid]
+
+
+def _one_request(server: Server) -> None:
+    load = Load(server.port, keepalive=False, clients=1, max_requests=1).start()
+    load.wait_requests(1)
+    load.stop()
+    assert load.failures == []
+
+
+def _fd_targets(pid: int) -> list:
+    """What each open fd of ``pid`` is (socket:[…], pipe:[…], a path), kinds only."""
+    kinds = []
+    for fd in open_fds(pid):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        kinds.append(target.split("[")[0] if "[" in target else target)
+    return sorted(kinds)
+
+
+def _pgid(pid: int):
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
+def test_notify_socket_sees_reloading_mainpid_ready_and_pidfile_first(procs, tmp_path):
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    path = str(tmp_path / "notify.sock")
+    receiver.bind(path)
+    receiver.settimeout(30)
+    env = dict(os.environ, NOTIFY_SOCKET=path)
+    try:
+        server = Server(procs, tmp_path, env=env)
+        assert receiver.recv(4096) == b"READY=1"
+        pid = server.first_pid
+        for _ in range(3):
+            os.kill(pid, signal.SIGHUP)
+            reloading = receiver.recv(4096).decode().split("\n")
+            before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+            assert reloading[0] == "RELOADING=1"
+            assert reloading[1].startswith("MONOTONIC_USEC=")
+            assert 0 < int(reloading[1].split("=")[1]) <= before
+            mainpid = receiver.recv(4096).decode()
+            assert mainpid.startswith("MAINPID=")
+            new = int(mainpid.split("=")[1])
+            assert new != pid
+            assert read_pid(server.pidfile) == new  # the pidfile moved before MAINPID/READY
+            assert receiver.recv(4096) == b"READY=1"
+            wait_for(lambda: _gone(pid), 30)
+            pid = new
+    finally:
+        receiver.close()
+
+
+CHILD_API = """
+import os, sys, signal
+sys.path.insert(0, {root!r})
+from graceful import Upgrader
+from graceful.upgrader import UpgradeError
+u = Upgrader(argv={argv!r})
+s = u.listen("web", "127.0.0.1:0")
+def attempt(label):
+    try:
+        u.upgrade()
+        print(label, "upgraded")
+    except UpgradeError as exc:
+        print(label, "refused:", exc)
+attempt("before-ready")
+u.ready()
+attempt("missing-command")
+u.stop()
+attempt("during-shutdown")
+print("fds", len(os.listdir("/proc/self/fd")))
+u.close()
+"""
+
+
+def test_upgrade_refusals_are_clear_and_change_nothing(procs, tmp_path):
+    code = CHILD_API.format(root=ROOT, argv=[str(tmp_path / "no-such-program")])
+    proc = procs.python("-c", code, stdout=subprocess.PIPE)
+    out, _ = proc.communicate(timeout=30)
+    lines = out.decode().splitlines()
+    assert lines[0].startswith("before-ready refused: cannot upgrade before ready()")
+    assert lines[1].startswith("missing-command refused: cannot start successor")
+    assert "no-such-program" in lines[1]
+    assert lines[2].startswith("during-shutdown refused: cannot upgrade while draining")
+    assert proc.returncode == 0
+
+
+def test_sigquit_drains_in_flight_requests_and_exits_zero(procs, tmp_path):
+    server = Server(procs, tmp_path)
+    conns = []
+    for _ in range(5):
+        c = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+        c.sendall(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+        conns.append(c)
+    # Only signal once the requests are in the server's hands (it has read them).
+    wait_for(lambda: _established(server.first_pid) >= 5, what="5 accepted connections")
+    os.kill(server.first_pid, signal.SIGQUIT)
+    for c in conns:
+        data = b""
+        while b"\r\n\r\n" not in data or not data.endswith(b"\n"):
+            chunk = c.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        assert data.startswith(b"HTTP/1.1 200"), data
+        assert b"Connection: close" in data
+        c.close()
+    assert server.proc.wait(timeout=30) == 0
+    assert not os.path.exists(server.pidfile)
+
+
+def _established(pid: int) -> int:
+    """Connections ``pid`` has accepted (sockets it holds beyond its listener)."""
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"):
+                count += 1
+        except OSError:
+            pass
+    return count - 1  # the listener
+
+
+def test_sigterm_lame_duck_keeps_serving_for_shutdown_delay(procs, tmp_path):
+    server = Server(procs, tmp_path, "--shutdown-delay", "1.5")
+    os.kill(server.first_pid, signal.SIGTERM)
+    signalled = time.monotonic()
+    served = 0
+    while time.monotonic() - signalled < 1.0:  # bounded: well inside the lame-duck window
+        load = Load(server.port, keepalive=False, clients=1, max_requests=1).start()
+        load.wait_requests(1)
+        load.stop()
+        assert load.failures == []
+        served += 1
+    assert served > 0
+    assert server.proc.wait(timeout=30) == 0
+
+
+def test_second_sigint_exits_at_once(procs, tmp_path):
+    server = Server(procs, tmp_path, "--graceful-timeout", "60")
+    hanging = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    hanging.sendall(b"GET /fast HTTP/1.1\r\nHost: t\r\n")  # headers never finish: never idle
+    wait_for(lambda: _established(server.first_pid) >= 1)
+    os.kill(server.first_pid, signal.SIGINT)
+    wait_for(lambda: not os.path.exists(f"/proc/{server.first_pid}") or
+             server.proc.poll() is not None or _draining(server), 10)
+    os.kill(server.first_pid, signal.SIGINT)
+    server.proc.wait(timeout=10)  # far less than the 60 s graceful timeout
+    hanging.close()
+
+
+def _draining(server: Server) -> bool:
+    # The listener is closed once the drain began: new connections are refused.
+    try:
+        socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
+        return False
+    except ConnectionRefusedError:
+        return True
