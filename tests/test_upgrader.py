@@ -15,7 +15,7 @@ from _support import (ROOT, Load, children_of, free_port, open_fds, process_stat
                       reap_orphans, wait_for)
 from graceful.pidfile import read_pid
 
-SERVER = os.path.join(ROOT, "benchmarks", "servers", "reexec_http.py")
+SERVER = ("-m", "graceful._demo_server")
 
 
 class Server:
@@ -26,7 +26,7 @@ class Server:
         self.app_dir.mkdir()
         self.deploy(app or "")
         self.proc = procs.python(
-            SERVER, "--port", str(self.port), "--pidfile", self.pidfile,
+            *SERVER, "--port", str(self.port), "--pidfile", self.pidfile,
             "--app-dir", str(self.app_dir), "--ready-timeout", "5", "--graceful-timeout", "10",
             *extra, stdout=subprocess.PIPE, env=env,
         )

@@ -1,6 +1,7 @@
-"""A ThreadingHTTPServer that upgrades itself on SIGHUP with graceful's Upgrader.
+"""The demo server: a ThreadingHTTPServer that upgrades itself on SIGHUP with graceful.
 
-    python benchmarks/servers/reexec_http.py --port 8000 --pidfile /tmp/reexec.pid
+    python -m graceful._demo_server --port 8000 --pidfile /tmp/demo.pid
+    python -m graceful._demo_server --port 8000 --naive     # plain server, for comparison
 
 GET /fast answers at once, GET /slow after 200 ms; every response carries ``X-Pid``. With
 ``--app-dir DIR`` the module ``app`` is imported from DIR at start (so a test can "deploy" new or
@@ -13,16 +14,16 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, List, Optional
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from .upgrader import Upgrader
+from .socketserver_adapter import make_socketserver, run_socketserver
 
-from graceful import Upgrader  # noqa: E402
-from graceful.socketserver_adapter import make_socketserver, run_socketserver  # noqa: E402
-
-app = None
+app: Any = None
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -44,9 +45,18 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
-def main() -> int:
+class _NaiveServer(ThreadingHTTPServer):
+    """What many deployments run: no inherited sockets, dies at once on SIGTERM."""
+
+    def get_request(self) -> Any:
+        conn, peer = super().get_request()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return conn, peer
+
+
+def main(argv: Optional[List[str]] = None) -> int:
     global app
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(prog="python -m graceful._demo_server")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--pidfile")
@@ -54,8 +64,19 @@ def main() -> int:
     parser.add_argument("--ready-timeout", type=float, default=10.0)
     parser.add_argument("--graceful-timeout", type=float, default=10.0)
     parser.add_argument("--shutdown-delay", type=float, default=0.0)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format=f"[%(process)d] %(message)s")
+    parser.add_argument("--naive", action="store_true", help="a plain server without graceful")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    if args.naive:
+        _NaiveServer.allow_reuse_address = True
+        server = _NaiveServer((args.host, args.port), Handler)
+        if args.pidfile:
+            with open(args.pidfile, "w") as f:
+                f.write(f"{os.getpid()}\n")
+        print(f"READY {os.getpid()}", flush=True)
+        server.serve_forever()
+        return 0
+    logging.basicConfig(level=args.log_level.upper(), format="[%(process)d] %(message)s")
     upgrader = Upgrader(pidfile=args.pidfile, ready_timeout=args.ready_timeout,
                         graceful_timeout=args.graceful_timeout, shutdown_delay=args.shutdown_delay)
     server = make_socketserver(upgrader, ThreadingHTTPServer, Handler, f"web={args.host}:{args.port}")

@@ -1,0 +1,243 @@
+"""Restart a server under load by some strategy and count what failed: the demo and benchmarks.
+
+A strategy knows how to start the server and how to restart it. The driver starts the server,
+runs load from ``graceful._loadgen`` (fresh and keep-alive clients, fast and 200 ms requests),
+restarts it ``restarts`` times at even intervals, and measures each handover: the time from the
+restart signal to the first response from the new pid.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+from ._loadgen import KINDS, LoadGenerator, Stats
+
+PATHS_MIXED = ("/fast", "/fast", "/fast", "/slow")
+
+
+@dataclass
+class RunResult:
+    strategy: str
+    description: str
+    restarts: int = 0
+    handovers: List[float] = field(default_factory=list)  # seconds
+    stats: Stats = field(default_factory=Stats)
+    errors: List[str] = field(default_factory=list)  # restarts that did not complete
+
+    def to_dict(self) -> dict:
+        ordered = sorted(self.handovers)
+        return {
+            "strategy": self.strategy,
+            "description": self.description,
+            "restarts": self.restarts,
+            "handover_ms": {
+                "median": round(ordered[len(ordered) // 2] * 1000, 1) if ordered else None,
+                "max": round(ordered[-1] * 1000, 1) if ordered else None,
+            },
+            "restart_errors": list(self.errors),
+            **self.stats.to_dict(),
+        }
+
+
+class _Server:
+    """One server process tree, in its own process group so it can be killed whole."""
+
+    def __init__(self, args: List[str], pidfile: str) -> None:
+        self.args, self.pidfile = args, pidfile
+        self.proc = self._spawn()
+
+    def _spawn(self) -> subprocess.Popen:
+        proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+        line = _read_line(proc, 30.0)
+        if not line.startswith(b"READY"):
+            _kill_group(proc)
+            raise RuntimeError(f"server did not start: {' '.join(self.args)}")
+        return proc
+
+    def pid(self) -> Optional[int]:
+        try:
+            with open(self.pidfile) as f:
+                text = f.read().strip()
+            return int(text) if text.isdigit() else None
+        except OSError:
+            return None
+
+    def respawn(self) -> None:
+        self.proc.stdout.close()  # type: ignore[union-attr]
+        self.proc = self._spawn()
+
+    def close(self) -> None:
+        _kill_group(self.proc)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+
+
+def _read_line(proc: subprocess.Popen, timeout: float) -> bytes:
+    import selectors
+
+    deadline = time.monotonic() + timeout
+    line = b""
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)  # type: ignore[arg-type]
+        while not line.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0 or not sel.select(left):
+                break
+            chunk = os.read(proc.stdout.fileno(), 1)  # type: ignore[union-attr]
+            if not chunk:
+                break
+            line += chunk
+    return line
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def _wait_until(predicate: Callable[[], object], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.002)
+    return False
+
+
+# -- strategies ---------------------------------------------------------------------------------
+
+
+def _server_args(port: int, pidfile: str, *extra: str) -> List[str]:
+    return [sys.executable, "-m", "graceful._demo_server", "--port", str(port),
+            "--pidfile", pidfile, "--log-level", "WARNING", *extra]
+
+
+def _restart_reexec(server: _Server) -> Optional[int]:
+    old = server.pid()
+    if old is None:
+        return None
+    os.kill(old, signal.SIGHUP)
+    _wait_until(lambda: server.pid() not in (None, old), 30.0)
+    new = server.pid()
+    return new if new != old else None
+
+
+def _restart_naive(server: _Server) -> Optional[int]:
+    server.proc.terminate()
+    server.proc.wait(timeout=30)
+    server.respawn()
+    return server.proc.pid
+
+
+STRATEGIES: Dict[str, dict] = {
+    "reexec": {"description": "graceful: SIGHUP, self re-exec", "extra": (),
+               "restart": _restart_reexec, "lossless": True},
+    "naive": {"description": "naive: SIGTERM, then start again", "extra": ("--naive",),
+              "restart": _restart_naive, "lossless": False},
+}
+
+
+def run_strategy(strategy: str, *, restarts: int = 5, duration: float = 10.0,
+                 concurrency: int = 8, modes=("fresh", "keepalive"), paths=PATHS_MIXED,
+                 progress: Callable[[str], None] = lambda line: None) -> RunResult:
+    """Start the strategy's server, load it, restart it ``restarts`` times, and report."""
+    spec = STRATEGIES[strategy]
+    result = RunResult(strategy, spec["description"])
+    port = _free_port()
+    with tempfile.TemporaryDirectory(prefix="graceful-bench-") as tmp:
+        pidfile = os.path.join(tmp, "server.pid")
+        server = _Server(_server_args(port, pidfile, *spec["extra"]), pidfile)
+        stats = Stats()
+        per_mode = max(1, concurrency // len(modes))
+        loads = [LoadGenerator(port, concurrency=per_mode, mode=mode, paths=paths, stats=Stats())
+                 for mode in modes]
+        try:
+            for load in loads:
+                load.start(max_duration=duration + 60)
+            interval = duration / (restarts + 1)
+            for i in range(restarts):
+                time.sleep(interval)  # pacing of the benchmark, not synchronisation
+                signalled = time.monotonic()
+                new = spec["restart"](server)
+                seen = new is not None and _wait_until(
+                    lambda: any(new in load.stats.first_seen for load in loads), 30.0)
+                if not seen:
+                    result.errors.append(f"restart {i + 1}: no response from a new pid")
+                    continue
+                first = min(load.stats.first_seen[new] for load in loads
+                            if new in load.stats.first_seen)
+                result.handovers.append(first - signalled)
+                result.restarts += 1
+                progress(f"{strategy}: restart {i + 1}/{restarts} -> pid {new} "
+                         f"({(first - signalled) * 1000:.0f} ms)")
+            time.sleep(interval)
+        finally:
+            for load in loads:
+                load.stop()
+            server.close()
+        for load in loads:
+            _merge(stats, load.stats)
+        result.stats = stats
+    return result
+
+
+def _merge(into: Stats, other: Stats) -> None:
+    for kind in KINDS:
+        into.counts[kind] += other.counts[kind]
+    into.latencies.extend(other.latencies)
+    offset = int((other.started - into.started) / 0.1)
+    for bucket, (ok, errors) in other.series.items():
+        point = into.series.setdefault(bucket + offset, [0, 0])
+        point[0] += ok
+        point[1] += errors
+    for pid, t in other.first_seen.items():
+        into.first_seen[pid] = min(t, into.first_seen.get(pid, t))
+    into.samples.extend(other.samples[: max(0, 20 - len(into.samples))])
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def format_table(results: List[RunResult]) -> str:
+    """A plain-text table, one column per strategy run."""
+    rows = [("", [r.description for r in results])]
+    dicts = [r.to_dict() for r in results]
+    rows.append(("requests", [str(d["total"]) for d in dicts]))
+    rows.append(("failed", [str(d["failed"]) for d in dicts]))
+    for kind in KINDS[1:]:
+        if any(d["counts"][kind] for d in dicts):
+            rows.append((f"  {kind}", [str(d["counts"][kind]) for d in dicts]))
+    rows.append(("restarts", [str(d["restarts"]) for d in dicts]))
+    rows.append(("median handover", [_ms(d["handover_ms"]["median"]) for d in dicts]))
+    rows.append(("latency p50 / p99", [f"{_ms(d['latency_ms']['p50'])} / {_ms(d['latency_ms']['p99'])}"
+                                       for d in dicts]))
+    widths = [max(len(r[0]) for r in rows)] + [
+        max(len(r[1][i]) for r in rows) for i in range(len(results))]
+    lines = []
+    for label, cells in rows:
+        lines.append("  ".join([label.ljust(widths[0])] +
+                               [c.rjust(widths[i + 1]) for i, c in enumerate(cells)]))
+    return "\n".join(lines)
+
+
+def _ms(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.1f} ms"
