@@ -1,0 +1,59 @@
+"""Restart a server under load, N times, by each strategy; print a table and write JSON.
+
+    python benchmarks/restart.py                                  # reexec and naive, 50 restarts
+    python benchmarks/restart.py --strategy reexec --restarts 20 --mode keepalive
+
+Strategies: reexec (graceful: SIGHUP, self re-exec) and naive (SIGTERM, then start again).
+Exit status 0 only if every strategy that is meant to be lossless failed no request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from graceful._bench import STRATEGIES, format_table, run_strategy  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--strategy", action="append", choices=sorted(STRATEGIES),
+                        help="repeatable; default: all")
+    parser.add_argument("--restarts", type=int, default=50)
+    parser.add_argument("--seconds-per-restart", type=float, default=0.5,
+                        help="load time between restarts (0.5)")
+    parser.add_argument("--mode", choices=("fresh", "keepalive", "both"), default="both")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--json", default=os.path.join(os.path.dirname(__file__), "results",
+                                                       "restart.json"))
+    args = parser.parse_args()
+    modes = ("fresh", "keepalive") if args.mode == "both" else (args.mode,)
+    strategies = args.strategy or ["reexec", "naive"]
+    duration = args.seconds_per_restart * (args.restarts + 1)
+    results = []
+    for name in strategies:
+        print(f"{name}: {args.restarts} restarts over {duration:g}s, modes {'+'.join(modes)}",
+              file=sys.stderr, flush=True)
+        results.append(run_strategy(name, restarts=args.restarts, duration=duration,
+                                    concurrency=args.concurrency, modes=modes))
+    print(format_table(results))
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump({"restarts": args.restarts, "modes": list(modes),
+                   "concurrency": args.concurrency,
+                   "results": [r.to_dict() for r in results]}, f, indent=2)
+    print(f"wrote {args.json}", file=sys.stderr)
+    lossy = [r for r in results if STRATEGIES[r.strategy]["lossless"]
+             and (r.stats.failed or r.restarts != args.restarts)]
+    for r in lossy:
+        print(f"{r.strategy}: {r.stats.failed} failed requests, {r.restarts}/{args.restarts} "
+              f"restarts: {r.stats.samples[:3]} {r.errors[:3]}", file=sys.stderr)
+    return 1 if lossy else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
