@@ -101,22 +101,33 @@ def parse_address(text: str) -> Address:
     """Parse one listen address (without a ``NAME=`` prefix)."""
     if not isinstance(text, str):
         raise _error(text, "expected a string")
+    try:
+        return _parse(text)
+    except _Invalid as exc:
+        raise _error(text, str(exc)) from None
+
+
+class _Invalid(Exception):
+    """Why a piece of an address is wrong; the caller names the whole input."""
+
+
+def _parse(text: str) -> Address:
     if text.startswith("fd://"):
         return _parse_fd(text)
     if text.startswith("unix:"):
         return _parse_unix(text)
     for scheme, version in (("tcp://", 0), ("tcp4://", 4), ("tcp6://", 6)):
         if text.startswith(scheme):
-            return _parse_tcp(text, text[len(scheme):], version)
+            return _parse_tcp(text[len(scheme):], version)
     if "://" in text:
-        raise _error(text, "unknown scheme")
-    return _parse_tcp(text, text, 0)
+        raise _Invalid("unknown scheme")
+    return _parse_tcp(text, 0)
 
 
 def _parse_fd(text: str) -> FdAddress:
     digits = text[len("fd://"):]
     if not _FD.match(digits) or int(digits) > MAX_FD:
-        raise _error(text, "fd:// needs a file descriptor number such as fd://3")
+        raise _Invalid("fd:// needs a file descriptor number such as fd://3")
     return FdAddress(int(digits))
 
 
@@ -128,56 +139,56 @@ def _parse_unix(text: str) -> UnixAddress:
     elif rest.startswith("///"):  # unix:///tmp/x, the URL spelling of unix:/tmp/x
         rest = rest[2:]
     if not rest:
-        raise _error(text, "the socket path is empty")
+        raise _Invalid("the socket path is empty")
     if "\0" in rest:
-        raise _error(text, "the socket path contains a NUL character")
+        raise _Invalid("the socket path contains a NUL character")
     size = len(rest.encode("utf-8", "surrogateescape")) + (1 if abstract else 0)
     if size > MAX_UNIX_PATH_BYTES:
-        raise _error(text, f"the socket path is {size} bytes; Unix sockets allow {MAX_UNIX_PATH_BYTES}")
+        raise _Invalid(f"the socket path is {size} bytes; Unix sockets allow {MAX_UNIX_PATH_BYTES}")
     return UnixAddress(rest, abstract)
 
 
-def _parse_tcp(text: str, hostport: str, version: int) -> TCPAddress:
+def _parse_tcp(hostport: str, version: int) -> TCPAddress:
     if hostport.startswith("["):
         close = hostport.find("]")
         if close < 0 or hostport[close + 1:close + 2] != ":":
-            raise _error(text, "an IPv6 address is written [ADDRESS]:PORT")
+            raise _Invalid("an IPv6 address is written [ADDRESS]:PORT")
         host, port_text = hostport[1:close], hostport[close + 2:]
-        _check_ipv6(text, host, version)
+        _check_ipv6(host, version)
     else:
         host, sep, port_text = hostport.rpartition(":")
         if not sep:
-            raise _error(text, "the port is missing (write HOST:PORT or :PORT)")
+            raise _Invalid("the port is missing (write HOST:PORT or :PORT)")
         if ":" in host:
-            raise _error(text, "an IPv6 address must be in brackets, as [::1]:8000")
-        _check_host(text, host, version)
+            raise _Invalid("an IPv6 address must be in brackets, as [::1]:8000")
+        _check_host(host, version)
     if not _PORT.match(port_text) or int(port_text) > 65535:
-        raise _error(text, f"port {port_text!r} is not a number from 0 to 65535")
+        raise _Invalid(f"port {port_text!r} is not a number from 0 to 65535")
     return TCPAddress(host, int(port_text), version)
 
 
-def _check_ipv6(text: str, host: str, version: int) -> None:
+def _check_ipv6(host: str, version: int) -> None:
     if version == 4:
-        raise _error(text, "tcp4:// cannot take an IPv6 address")
+        raise _Invalid("tcp4:// cannot take an IPv6 address")
     try:
         ipaddress.IPv6Address(host)
     except ValueError:
-        raise _error(text, f"{host!r} is not an IPv6 address") from None
+        raise _Invalid(f"{host!r} is not an IPv6 address") from None
 
 
-def _check_host(text: str, host: str, version: int) -> None:
+def _check_host(host: str, version: int) -> None:
     if host == "":
         return
     if _NUMERIC_HOST.match(host):
         try:
             ipaddress.IPv4Address(host)
         except ValueError:
-            raise _error(text, f"{host!r} is not an IPv4 address") from None
+            raise _Invalid(f"{host!r} is not an IPv4 address") from None
         if version == 6:
-            raise _error(text, "tcp6:// cannot take an IPv4 address")
+            raise _Invalid("tcp6:// cannot take an IPv4 address")
         return
     if not _HOSTNAME.match(host):
-        raise _error(text, f"{host!r} is not a host name or IP address")
+        raise _Invalid(f"{host!r} is not a host name or IP address")
 
 
 def format_address(address: Address) -> str:
@@ -185,7 +196,13 @@ def format_address(address: Address) -> str:
     if isinstance(address, FdAddress):
         return f"fd://{address.fd}"
     if isinstance(address, UnixAddress):
-        return f"unix:@{address.path}" if address.abstract else f"unix:{address.path}"
+        if address.abstract:
+            return f"unix:@{address.path}"
+        if address.path.startswith(("@", "///")):
+            # unix:@x means the abstract name x; unix:///x means /x.
+            raise AddressError(f"the socket path {address.path!r} cannot be written as an "
+                               f"address; write it as ./{address.path}")
+        return f"unix:{address.path}"
     if isinstance(address, TCPAddress):
         host = f"[{address.host}]" if ":" in address.host else address.host
         scheme = {0: "", 4: "tcp4://", 6: "tcp6://"}[address.version]
@@ -203,9 +220,12 @@ def parse_bind(text: str) -> Tuple[str, Address]:
     if not isinstance(text, str):
         raise _error(text, "expected a string")
     name, sep, rest = text.partition("=")
-    if sep and is_valid_name(name):
-        return name, parse_address(rest)
-    address = parse_address(text)
+    try:
+        if sep and is_valid_name(name):
+            return name, _parse(rest)
+        address = _parse(text)
+    except _Invalid as exc:
+        raise _error(text, str(exc)) from None
     return format_address(address), address
 
 
