@@ -33,6 +33,7 @@ _EXPORTS = {
     "UpgradeError": "upgrader",
     "Lifecycle": "drain",
     "serve_socketserver": "socketserver_adapter",
+    "AsyncioDrain": "asyncio_adapter",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -59,5 +60,6 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .pidfile import Pidfile, read_pid
     from .signals import SignalDispatcher
     from .socketserver_adapter import serve_socketserver
+    from .asyncio_adapter import AsyncioDrain
     from .drain import Lifecycle
     from .upgrader import Upgrader, UpgradeError

@@ -1,0 +1,199 @@
+"""Make any asyncio server drain-aware under the Upgrader's lifecycle.
+
+    drain = AsyncioDrain(upgrader)
+    server = await asyncio.start_server(drain.wrap_handler(handle), sock=upgrader.listen("web=:8000"))
+    await drain.serve(server)      # ready, serve until told to stop, drain, close
+
+``wrap_handler`` (for ``start_server`` callbacks) and ``wrap_protocol`` (for ``create_server``
+protocol factories) track every connection. When the generation must stop, ``serve`` closes the
+servers' listening sockets (after accepting what is queued, when no successor holds them),
+closes connections a handler marked ``idle`` once they stayed idle for the grace, waits for the
+rest until the deadline, then aborts what is left. Handlers may read ``draining`` to answer
+with ``Connection: close``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from typing import Any, Awaitable, Callable, Dict, Optional
+
+from .drain import accept_backlog
+from .upgrader import Upgrader
+
+__all__ = ["AsyncioDrain"]
+
+log = logging.getLogger("graceful")
+
+_POLL = 0.05
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class _Connection:
+    __slots__ = ("transport", "task", "idle_since")
+
+    def __init__(self, transport: asyncio.BaseTransport, task: Optional["asyncio.Task[Any]"]):
+        self.transport = transport
+        self.task = task
+        self.idle_since: Optional[float] = None
+
+
+class AsyncioDrain:
+    """Connection tracking and the drain sequence for asyncio servers."""
+
+    def __init__(self, upgrader: Upgrader) -> None:
+        self.upgrader = upgrader
+        self.lifecycle = upgrader.lifecycle
+        self._connections: Dict[asyncio.BaseTransport, _Connection] = {}
+
+    @property
+    def draining(self) -> bool:
+        return self.lifecycle.draining
+
+    # -- tracking -------------------------------------------------------------------------------
+
+    def wrap_handler(self, handler: Handler) -> Handler:
+        """Wrap an ``asyncio.start_server`` callback so its connections are tracked."""
+
+        async def tracked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            transport = writer.transport
+            _no_delay(transport)
+            self._connections[transport] = _Connection(transport, asyncio.current_task())
+            try:
+                await handler(reader, writer)
+            finally:
+                self._connections.pop(transport, None)
+
+        return tracked
+
+    def wrap_protocol(self, factory: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
+        """Wrap a ``create_server`` protocol factory so its connections are tracked."""
+        return lambda: _TrackedProtocol(factory(), self)
+
+    def idle(self, conn: Any) -> None:
+        """Mark a connection (writer or transport) idle: waiting for the client's next request."""
+        tracked = self._connections.get(_transport(conn))
+        if tracked is not None and tracked.idle_since is None:
+            tracked.idle_since = time.monotonic()
+
+    def busy(self, conn: Any) -> None:
+        """Mark a connection busy again (a request arrived)."""
+        tracked = self._connections.get(_transport(conn))
+        if tracked is not None:
+            tracked.idle_since = None
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._connections)
+
+    # -- the lifecycle --------------------------------------------------------------------------
+
+    async def serve(self, *servers: asyncio.AbstractServer) -> None:
+        """Declare ready, serve until this generation must stop, then drain and close."""
+        try:
+            self.upgrader.ready()
+            await self.upgrader.wait_async()
+            await self._stop_accepting(servers)
+            await self._wait_for_connections()
+        finally:
+            for server in servers:
+                server.close()
+            self.upgrader.close()
+
+    async def _stop_accepting(self, servers: "tuple[asyncio.AbstractServer, ...]") -> None:
+        loop = asyncio.get_running_loop()
+        adopted = []
+        for server in servers:
+            factory = getattr(server, "_protocol_factory", None)
+            if self.lifecycle.last_holder and factory is not None:
+                # Nobody else holds these listeners: what waits in their queues would be reset
+                # by the close, so serve it first.
+                for listener in server.sockets or ():
+                    raw = socket.socket(fileno=listener.fileno())
+                    try:
+                        for conn, _ in accept_backlog(raw):
+                            conn.setblocking(False)
+                            adopted.append(loop.connect_accepted_socket(factory, conn))
+                    finally:
+                        raw.detach()
+            server.close()  # closes only our fds; a successor keeps its own copies
+        if adopted:
+            await asyncio.gather(*adopted, return_exceptions=True)
+            await asyncio.sleep(0)  # let their handlers start, so they are tracked
+
+    async def _wait_for_connections(self) -> None:
+        lifecycle = self.lifecycle
+        while self._connections:
+            left = lifecycle.time_left()
+            if left is not None and left <= 0:
+                break
+            self._close_idle()
+            await asyncio.sleep(_POLL if left is None else min(_POLL, left))
+        if self._connections:
+            log.warning("drain deadline reached: aborting %d connection(s)", len(self._connections))
+            for tracked in list(self._connections.values()):
+                tracked.transport.abort()  # type: ignore[attr-defined]
+                if tracked.task is not None:
+                    tracked.task.cancel()
+            await asyncio.sleep(0)
+
+    def _close_idle(self) -> None:
+        started = self.lifecycle.drain_started
+        grace = self.lifecycle.idle_grace
+        now = time.monotonic()
+        if started is None or now - started < grace:
+            return
+        for tracked in list(self._connections.values()):
+            if tracked.idle_since is not None and now - tracked.idle_since >= grace:
+                tracked.idle_since = None
+                tracked.transport.close()
+
+
+class _TrackedProtocol(asyncio.Protocol):
+    """Delegates to the real protocol; records connection_made/connection_lost."""
+
+    def __init__(self, inner: asyncio.Protocol, drain: AsyncioDrain) -> None:
+        self._inner = inner
+        self._drain = drain
+        self._transport: Optional[asyncio.BaseTransport] = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+        _no_delay(transport)
+        self._drain._connections[transport] = _Connection(transport, None)
+        self._inner.connection_made(transport)
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        if self._transport is not None:
+            self._drain._connections.pop(self._transport, None)
+        self._inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self._inner.data_received(data)
+
+    def eof_received(self) -> Optional[bool]:
+        return self._inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+
+def _transport(conn: Any) -> Any:
+    return getattr(conn, "transport", conn)
+
+
+def _no_delay(transport: asyncio.BaseTransport) -> None:
+    # asyncio sets TCP_NODELAY only when the listener's proto is IPPROTO_TCP; ours is 0.
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
