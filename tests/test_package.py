@@ -27,11 +27,11 @@ def test_import_graceful_loads_nothing_heavy():
 
 
 def test_runtime_imports_are_standard_library_only():
-    code = ("import graceful, pkgutil, importlib, sys; "
+    code = ("import sys; before = set(sys.modules); import graceful, pkgutil, importlib; "
             "[importlib.import_module('graceful.' + m.name) "
             "for m in pkgutil.iter_modules(graceful.__path__) if m.name != '__main__']; "
-            "print([n for n, m in list(sys.modules.items()) "
-            "if 'site-packages' in (getattr(m, '__file__', None) or '') "
+            "print([n for n, m in list(sys.modules.items()) if n not in before "
+            "and 'site-packages' in (getattr(m, '__file__', None) or '') "
             "and not n.startswith('graceful')])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
