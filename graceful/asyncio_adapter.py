@@ -97,7 +97,7 @@ class AsyncioDrain:
             self.upgrader.ready()
             await self.upgrader.wait_async()
             await self._stop_accepting(servers)
-            await self._wait_for_connections()
+            await self._wait_for_connections(servers)
         finally:
             for server in servers:
                 server.close()
@@ -122,11 +122,18 @@ class AsyncioDrain:
             server.close()  # closes only our fds; a successor keeps its own copies
         if adopted:
             await asyncio.gather(*adopted, return_exceptions=True)
-            await asyncio.sleep(0)  # let their handlers start, so they are tracked
+        # asyncio accepts a connection in one callback and builds its transport in a task it
+        # schedules: let those tasks (and the handler tasks they start) run, so every
+        # connection accepted before the close is counted by the wait that follows.
+        for _ in range(3):
+            await asyncio.sleep(0)
 
-    async def _wait_for_connections(self) -> None:
+    async def _wait_for_connections(self, servers: "tuple[asyncio.AbstractServer, ...]") -> None:
         lifecycle = self.lifecycle
-        while self._connections:
+        # A connection accepted just before the stop has a transport but its handler may not
+        # have started yet (so it is not tracked): the servers' own count of live transports
+        # covers that moment.
+        while self._connections or any(_live_transports(s) for s in servers):
             left = lifecycle.time_left()
             if left is not None and left <= 0:
                 break
@@ -182,6 +189,13 @@ class _TrackedProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._inner.resume_writing()
+
+
+def _live_transports(server: asyncio.AbstractServer) -> int:
+    clients = getattr(server, "_clients", None)  # Python 3.13+
+    if clients is not None:
+        return len(clients)
+    return getattr(server, "_active_count", 0)  # Python 3.9 - 3.12
 
 
 def _transport(conn: Any) -> Any:

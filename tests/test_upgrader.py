@@ -57,12 +57,15 @@ class Server:
         return new
 
 
+MIX = ("/fast",) * 4 + ("/slow",)  # one request in five takes 200 ms
+
+
 def _gone(pid: int) -> bool:
     reap_orphans()
     return process_state(pid) in (None, "Z")
 
 
-def _expect_no_upgrade(server: Server, load: Load, requests_after: int = 200) -> None:
+def _expect_no_upgrade(server: Server, load: Load, requests_after: int = 100) -> None:
     """After a rejected upgrade the same pid keeps serving and load keeps succeeding."""
     done = load.total
     load.wait_requests(done + requests_after)
@@ -95,7 +98,7 @@ def test_sighup_upgrades_under_load_lose_nothing(procs, tmp_path):
 
 def test_successor_that_fails_at_import_is_rolled_back(procs, tmp_path):
     server = Server(procs, tmp_path)
-    load = Load(server.port, keepalive=True, paths=("/fast", "/slow"), clients=4).start()
+    load = Load(server.port, keepalive=True, paths=MIX, clients=4).start()
     load.wait_requests(100)
     server.deploy("raise ImportError('broken deploy')\n")
     os.kill(server.first_pid, signal.SIGHUP)
@@ -114,7 +117,7 @@ def test_successor_that_fails_at_import_is_rolled_back(procs, tmp_path):
 ])
 def test_successor_that_exits_before_ready_is_rolled_back(procs, tmp_path, broken):
     server = Server(procs, tmp_path)
-    load = Load(server.port, keepalive=False, paths=("/fast", "/slow"), clients=4).start()
+    load = Load(server.port, keepalive=False, paths=MIX, clients=4).start()
     load.wait_requests(100)
     server.deploy(broken)
     os.kill(server.first_pid, signal.SIGHUP)
@@ -124,14 +127,14 @@ def test_successor_that_exits_before_ready_is_rolled_back(procs, tmp_path, broke
 
 
 def test_successor_that_never_gets_ready_is_killed_at_ready_timeout(procs, tmp_path):
-    server = Server(procs, tmp_path)
-    load = Load(server.port, keepalive=True, paths=("/fast", "/slow"), clients=4).start()
+    server = Server(procs, tmp_path, "--ready-timeout", "2", "--graceful-timeout", "2")
+    load = Load(server.port, keepalive=True, paths=MIX, clients=4).start()
     load.wait_requests(100)
     server.deploy("import threading\ndef before_ready():\n    threading.Event().wait()\n")
     os.kill(server.first_pid, signal.SIGHUP)
     hung = wait_for(lambda: [p for p in children_of(server.first_pid)
                              if process_state(p) not in (None, "Z")], what="the successor")[0]
-    # ready_timeout is 5 s; the successor is then stopped and reaped by the old generation.
+    # At ready_timeout the successor is stopped (TERM, then KILL) and reaped by the old one.
     wait_for(lambda: process_state(hung) is None, 30, what="the hung successor to be reaped")
     _expect_no_upgrade(server, load)
     load.stop()
@@ -140,7 +143,7 @@ def test_successor_that_never_gets_ready_is_killed_at_ready_timeout(procs, tmp_p
 
 def test_sighup_storm_upgrades_one_at_a_time(procs, tmp_path):
     server = Server(procs, tmp_path)
-    load = Load(server.port, keepalive=True, paths=("/fast", "/slow"), clients=4).start()
+    load = Load(server.port, keepalive=True, paths=MIX, clients=4).start()
     load.wait_requests(100)
     start = time.monotonic()
     for _ in range(20):
