@@ -305,16 +305,16 @@ def _from_systemd_env(env: MutableMapping[str, str]) -> List[Tuple[str, int, str
     if count_text is None:
         return []
     pid_text = env.get("LISTEN_PID", "")
-    if not pid_text.isdigit() or int(pid_text) != os.getpid():
+    if _decimal(pid_text) != os.getpid():
         raise ListenerError(
             f"LISTEN_PID={pid_text!r} but this process is {os.getpid()}: the systemd socket "
             f"activation variables were meant for another process; unset LISTEN_FDS, "
             f"LISTEN_PID and LISTEN_FDNAMES (or exec this program directly from the activator)"
         )
-    if not count_text.isdigit() or int(count_text) > _MAX_LISTEN_FDS:
+    count = _decimal(count_text)
+    if count is None or count > _MAX_LISTEN_FDS:
         raise ListenerError(f"LISTEN_FDS={count_text!r} is not a count of file descriptors "
                             f"(0 to {_MAX_LISTEN_FDS})")
-    count = int(count_text)
     names_text = env.get("LISTEN_FDNAMES")
     names: List[Optional[str]] = [None] * count
     if names_text is not None:
@@ -326,6 +326,13 @@ def _from_systemd_env(env: MutableMapping[str, str]) -> List[Tuple[str, int, str
     return [(name or "", SD_LISTEN_FDS_START + i,
              f"LISTEN_FDS fd {SD_LISTEN_FDS_START + i}" + (f" (name {name!r})" if name else ""))
             for i, name in enumerate(names)]
+
+
+def _decimal(text: str) -> Optional[int]:
+    """A plain ASCII decimal number, else None (str.isdigit also accepts "²" and "٣")."""
+    if not text or len(text) > 10 or not all("0" <= c <= "9" for c in text):
+        return None
+    return int(text)
 
 
 def _name_unnamed(adopted: List[Tuple[str, socket.socket]]) -> List[Tuple[str, socket.socket]]:
