@@ -54,6 +54,12 @@ class _NaiveServer(ThreadingHTTPServer):
         return conn, peer
 
 
+def _announce_ready(upgrader: Upgrader) -> None:
+    """Print "READY <pid>" once the generation is really serving (after ``ready()``)."""
+    upgrader.lifecycle.watch(
+        lambda state: state == "serving" and print(f"READY {os.getpid()}", flush=True))
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     global app
     parser = argparse.ArgumentParser(prog="python -m graceful._demo_server")
@@ -85,7 +91,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         import app as deployed  # noqa: E402  (the deployed code: may be broken on purpose)
         app = deployed
         getattr(app, "before_ready", lambda: None)()
-    print(f"READY {os.getpid()}", flush=True)
+    _announce_ready(upgrader)
     run_socketserver(upgrader, server)
     return 0
 

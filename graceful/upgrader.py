@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Union
 
 from . import systemd
 from .addresses import Address
-from .drain import DRAINING, SERVING, STARTING, STOPPED, Lifecycle
+from .drain import DRAINING, LAME_DUCK, SERVING, STARTING, STOPPED, Lifecycle
 from .errors import GracefulError
 from .listeners import Listeners
 from .pidfile import Pidfile
@@ -123,6 +123,12 @@ class Upgrader:
 
     def ready(self) -> None:
         """Declare this generation ready: take the pidfile, then let the predecessor drain."""
+        if self.lifecycle.state in (DRAINING, STOPPED):
+            # Told to stop while starting (a SIGQUIT or SIGTERM that came early): do not take
+            # over from a predecessor; the adapter's drain still serves what is already queued.
+            log.info("not declaring ready: asked to stop before ready (%s)", self.lifecycle.reason)
+            self._give_up_ready_fd()
+            return
         if self.lifecycle.state != STARTING:
             raise UpgradeError(f"ready() called twice (state is {self.lifecycle.state})")
         closed = self.listeners.close_unclaimed()
@@ -176,12 +182,16 @@ class Upgrader:
         self.listeners.close()
         if self.pidfile is not None:
             self.pidfile.release()
-        if self._ready_fd is not None:
-            os.close(self._ready_fd)
-            self._ready_fd = None
+        self._give_up_ready_fd()
         if self._signals is not None:
             self._signals.close()
             self._signals = None
+
+    def _give_up_ready_fd(self) -> None:
+        """Close the readiness pipe unused: the predecessor sees EOF and keeps serving."""
+        if self._ready_fd is not None:
+            os.close(self._ready_fd)
+            self._ready_fd = None
 
     def __enter__(self) -> "Upgrader":
         return self
@@ -308,7 +318,7 @@ class Upgrader:
 
     def _on_terminate(self, signum: int) -> None:
         name = signal.Signals(signum).name
-        if self.lifecycle.state in (DRAINING, STOPPED) or self.lifecycle.state == "lame_duck":
+        if self.lifecycle.state in (LAME_DUCK, DRAINING, STOPPED):
             if self.lifecycle.reason.startswith("handed over"):
                 # Draining after a handover is routine; a TERM now means "finish up".
                 log.info("%s while draining after handover: continuing the drain", name)

@@ -67,6 +67,33 @@ def http_get(port: int, path: str = "/", host: str = "127.0.0.1", timeout: float
             chunks.append(data)
 
 
+def wait_established(server_port: int, clients, timeout: float = 10.0) -> None:
+    """Wait until the server side of each client connection is established in the kernel.
+
+    ``connect()`` returns once the client saw the SYN-ACK; the server learns of the connection
+    only when the final ACK arrives, which under load can lag behind. A listener closed in that
+    gap resets the connection, so tests that then stop the server wait for this first.
+    """
+    wanted = {c.getsockname()[1] for c in clients}
+
+    def established() -> bool:
+        seen = set()
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            try:
+                with open(table) as f:
+                    rows = f.read().splitlines()[1:]
+            except OSError:
+                continue
+            for row in rows:
+                fields = row.split()
+                local, remote, state = fields[1], fields[2], fields[3]
+                if state == "01" and int(local.rsplit(":", 1)[1], 16) == server_port:
+                    seen.add(int(remote.rsplit(":", 1)[1], 16))
+        return wanted <= seen
+
+    wait_for(established, timeout, what=f"{len(wanted)} connection(s) established at the server")
+
+
 def open_fds(pid: int | str = "self") -> List[int]:
     return sorted(int(n) for n in os.listdir(f"/proc/{pid}/fd"))
 

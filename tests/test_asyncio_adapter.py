@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from _support import (ROOT, Load, children_of, free_port, process_state, read_line, reap_orphans,
-                      wait_for)
+                      wait_established, wait_for)
 
 CHILD = os.path.join(ROOT, "tests", "children", "asyncio_child.py")
 
@@ -65,6 +65,7 @@ def test_sigquit_finishes_slow_requests_and_closes_idle_ones(procs, extra):
     slow = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(3)]
     for s in slow:
         s.sendall(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+    wait_established(port, slow)  # queued or accepted, not still in the handshake
     os.kill(proc.pid, signal.SIGQUIT)
     for s in slow:
         data = b""

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from _support import (ROOT, Load, children_of, free_port, open_fds, process_state, read_line,
-                      reap_orphans, wait_for)
+                      reap_orphans, wait_established, wait_for)
 from graceful.pidfile import read_pid
 
 SERVER = ("-m", "graceful._demo_server")
@@ -76,8 +76,8 @@ def _expect_no_upgrade(server: Server, load: Load, requests_after: int = 100) ->
 def test_sighup_upgrades_under_load_lose_nothing(procs, tmp_path):
     server = Server(procs, tmp_path)
     loads = [
-        Load(server.port, keepalive=True, paths=("/fast",) * 9 + ("/slow",), clients=3).start(),
-        Load(server.port, keepalive=False, paths=("/fast",) * 4 + ("/slow",), clients=3).start(),
+        Load(server.port, keepalive=True, paths=("/fast",) * 9 + ("/slow",), clients=6).start(),
+        Load(server.port, keepalive=False, paths=("/fast",) * 4 + ("/slow",), clients=6).start(),
     ]
     pids = [server.first_pid]
     for _ in range(5):
@@ -298,6 +298,43 @@ def test_sigquit_drains_in_flight_requests_and_exits_zero(procs, tmp_path):
     assert not os.path.exists(server.pidfile)
 
 
+def test_sigquit_before_ready_exits_cleanly_and_serves_what_was_queued(procs, tmp_path):
+    # The app's start-up blocks until the test creates the file "go"; SIGQUIT arrives meanwhile.
+    go = tmp_path / "go"
+    app_dir = tmp_path / "app"
+    app_dir.mkdir()
+    (app_dir / "app.py").write_text(textwrap.dedent(f"""
+        import os, sys, time
+        def before_ready():
+            print("STARTING", flush=True)
+            deadline = time.monotonic() + 30
+            while not os.path.exists({str(go)!r}) and time.monotonic() < deadline:
+                time.sleep(0.01)
+    """))
+    port = free_port()
+    pidfile = tmp_path / "server.pid"
+    proc = procs.python(*SERVER, "--port", str(port), "--pidfile", str(pidfile),
+                        "--app-dir", str(app_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert read_line(proc.stdout, 30) == "STARTING\n"
+    queued = socket.create_connection(("127.0.0.1", port), timeout=30)
+    queued.sendall(b"GET /fast HTTP/1.1\r\nHost: t\r\n\r\n")
+    wait_established(port, [queued])
+    os.kill(proc.pid, signal.SIGQUIT)
+    while "draining (SIGQUIT)" not in read_line(proc.stderr, 30):
+        pass
+    go.touch()
+    data = b""
+    while b"\r\n\r\n" not in data or not data.endswith(b"\n"):
+        chunk = queued.recv(4096)
+        assert chunk, data
+        data += chunk
+    assert data.startswith(b"HTTP/1.1 200") and b"Connection: close" in data
+    queued.close()
+    assert proc.wait(timeout=30) == 0
+    assert "not declaring ready: asked to stop before ready" in proc.stderr.read().decode()
+    assert not pidfile.exists()
+
+
 def _established(pid: int) -> int:
     """Connections ``pid`` has accepted (sockets it holds beyond its listener)."""
     count = 0
@@ -311,7 +348,7 @@ def _established(pid: int) -> int:
 
 
 def test_sigterm_lame_duck_keeps_serving_for_shutdown_delay(procs, tmp_path):
-    server = Server(procs, tmp_path, "--shutdown-delay", "1.5")
+    server = Server(procs, tmp_path, "--shutdown-delay", "3")
     os.kill(server.first_pid, signal.SIGTERM)
     signalled = time.monotonic()
     served = 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 
@@ -79,12 +80,19 @@ class HttpProtocol(asyncio.Protocol):
             self.drain.idle(self.transport)
 
 
+def _announce_ready(upgrader: Upgrader) -> None:
+    """Print "READY <pid>" once the generation is really serving (after ``ready()``)."""
+    upgrader.lifecycle.watch(
+        lambda state: state == "serving" and print(f"READY {os.getpid()}", flush=True))
+
+
 async def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("bind")
     parser.add_argument("--protocol", action="store_true")
     parser.add_argument("--graceful-timeout", type=float, default=30.0)
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(relativeCreated)d %(message)s")
     upgrader = Upgrader(graceful_timeout=args.graceful_timeout)
     drain = AsyncioDrain(upgrader)
     sock = upgrader.listen(args.bind)
@@ -93,7 +101,7 @@ async def main() -> int:
         server = await loop.create_server(drain.wrap_protocol(lambda: HttpProtocol(drain)), sock=sock)
     else:
         server = await asyncio.start_server(drain.wrap_handler(make_stream_handler(drain)), sock=sock)
-    print(f"READY {os.getpid()}", flush=True)
+    _announce_ready(upgrader)
     await drain.serve(server)
     return 0
 

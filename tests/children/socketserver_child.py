@@ -37,6 +37,12 @@ class Hello(http.server.BaseHTTPRequestHandler):
         pass
 
 
+def _announce_ready(upgrader: Upgrader) -> None:
+    """Print "READY <pid>" once the generation is really serving (after ``ready()``)."""
+    upgrader.lifecycle.watch(
+        lambda state: state == "serving" and print(f"READY {os.getpid()}", flush=True))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("server_class")
@@ -47,7 +53,7 @@ def main() -> int:
     handler = Hello if issubclass(server_class, http.server.HTTPServer) else Echo
     upgrader = Upgrader(graceful_timeout=args.graceful_timeout)
     server = make_socketserver(upgrader, server_class, handler, args.bind)
-    print(f"READY {os.getpid()}", flush=True)  # listening: connections queue from here on
+    _announce_ready(upgrader)
     run_socketserver(upgrader, server)
     return 0
 
