@@ -91,13 +91,21 @@ class AsyncioDrain:
 
     # -- the lifecycle --------------------------------------------------------------------------
 
-    async def serve(self, *servers: asyncio.AbstractServer) -> None:
-        """Declare ready, serve until this generation must stop, then drain and close."""
+    async def serve(self, *servers: asyncio.AbstractServer,
+                    after_drain: Optional[Callable[[], Awaitable[None]]] = None) -> None:
+        """Declare ready, serve until this generation must stop, then drain and close.
+
+        ``after_drain`` (an ASGI lifespan shutdown, say) runs once the connections are done,
+        before the upgrader closes.
+        """
         try:
-            self.upgrader.ready()
+            if self.lifecycle.state == "starting":
+                self.upgrader.ready()
             await self.upgrader.wait_async()
             await self._stop_accepting(servers)
             await self._wait_for_connections(servers)
+            if after_drain is not None:
+                await after_drain()
         finally:
             for server in servers:
                 server.close()

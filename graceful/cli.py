@@ -28,7 +28,29 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--concurrency", type=int, default=8, help="load clients (8)")
     demo.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     demo.set_defaults(func=_demo)
+
+    from .serve import add_arguments
+
+    serve = commands.add_parser(
+        "serve", help="serve a WSGI or ASGI application; SIGHUP upgrades it to the code on disk",
+        description="Serve a WSGI or ASGI application with graceful's HTTP/1.1 server. SIGHUP "
+                    "(or SIGUSR2) starts the same command again with the listeners inherited "
+                    "and hands over once it is ready; SIGQUIT drains and exits; SIGTERM drains "
+                    "after --shutdown-delay.")
+    add_arguments(serve)
+    serve.set_defaults(func=_serve)
     return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .errors import GracefulError
+    from .serve import run
+
+    try:
+        return run(args)
+    except GracefulError as exc:
+        print(f"graceful serve: {exc}", file=sys.stderr)
+        return 2
 
 
 def _demo(args: argparse.Namespace) -> int:

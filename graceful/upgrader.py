@@ -24,7 +24,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Union
 
 from . import systemd
 from .addresses import Address
@@ -284,6 +284,14 @@ class Upgrader:
                   os.getpid(), why, _describe_exit(child.returncode))
 
     # -- signals -------------------------------------------------------------------------------
+
+    def on_signal(self, signum: int, callback: Callable[[int], None]) -> None:
+        """Also run ``callback(signum)`` (in the dispatcher thread) when ``signum`` arrives,
+        e.g. SIGUSR1 to reopen log files. Main thread only, like the Upgrader itself."""
+        if self._signals is None:
+            raise UpgradeError("this Upgrader was made with install_signals=False")
+        self._signals.on(signum, callback)
+        self._signals.install()
 
     def _install_signals(self) -> None:
         from .signals import SignalDispatcher

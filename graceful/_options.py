@@ -1,0 +1,24 @@
+"""Timeouts, limits and extras shared by the built-in HTTP servers."""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+from .http11 import Limits
+
+
+class ServerOptions:
+    """Timeouts, limits and extras shared by the WSGI and ASGI servers."""
+
+    def __init__(self, *, header_timeout: float = 10.0, keepalive_timeout: float = 5.0,
+                 body_timeout: float = 30.0, limits: Optional[Limits] = None,
+                 ready_path: Optional[str] = None,
+                 access_log: Optional[Callable[[str], None]] = None,
+                 url_scheme: str = "http") -> None:
+        self.header_timeout = header_timeout  # a request head must arrive within this (slow-loris)
+        self.keepalive_timeout = keepalive_timeout  # an idle keep-alive connection is closed after
+        self.body_timeout = body_timeout  # longest wait for the next piece of a request body
+        self.limits = limits or Limits()
+        self.ready_path = ready_path.encode() if ready_path else None
+        self.access_log = access_log
+        self.url_scheme = url_scheme

@@ -1,0 +1,531 @@
+"""A drain-aware HTTP/1.1 server for ASGI 3 applications (HTTP and lifespan), on asyncio.
+
+    upgrader = Upgrader(pidfile="app.pid")
+    server = ASGIServer(app, upgrader, ["web=:8000"])
+    sys.exit(server.serve())    # lifespan startup, ready(), serve, drain, lifespan shutdown
+
+Lifespan startup completes *before* ``ready()``: a generation whose startup fails exits with
+status 3 and, as a successor, is rolled back by its predecessor. Each connection is an asyncio
+Protocol (not streams) with the sans-IO parser of ``graceful.http11``; request bodies are
+flow-controlled (reading pauses while the application has not taken what is buffered) and so
+are responses (``send`` waits while the transport's buffer is full).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple
+from urllib.parse import unquote_to_bytes
+
+from . import http11
+from ._options import ServerOptions
+from .asyncio_adapter import AsyncioDrain
+from .http11 import NEED_DATA, Body, EndOfMessage, HTTPError, Request, RequestParser
+from .upgrader import Upgrader
+
+__all__ = ["ASGIServer", "LIFESPAN_FAILED"]
+
+log = logging.getLogger("graceful")
+
+LIFESPAN_FAILED = 3  # exit status when the application's lifespan startup fails
+_HIGH_WATER = 1 << 16  # request body bytes buffered before reading pauses
+_LINGER = 1.0
+_ASGI = {"version": "3.0", "spec_version": "2.3"}
+
+Scope = Dict[str, Any]
+Message = Dict[str, Any]
+App = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]],
+               Awaitable[None]]
+
+
+class ASGIServer:
+    """Serve an ASGI ``app`` on the upgrader's listeners, with lifespan and a drain."""
+
+    def __init__(self, app: App, upgrader: Upgrader, binds: Sequence[str], *,
+                 options: Optional[ServerOptions] = None, lifespan: str = "auto",
+                 **listen_options: Any) -> None:
+        if lifespan not in ("auto", "on", "off"):
+            raise ValueError(f"lifespan={lifespan!r}: choose auto, on or off")
+        self.app = app
+        self.upgrader = upgrader
+        self.options = options or ServerOptions()
+        self.lifespan_mode = lifespan
+        self.listeners = [upgrader.listen(bind, **listen_options) for bind in binds]
+        self.drain = AsyncioDrain(upgrader)
+        self.state: Dict[str, Any] = {}  # lifespan state, copied into each request's scope
+
+    def serve(self) -> int:
+        """Run the whole lifecycle in a new event loop; returns the exit status."""
+        return asyncio.run(self.serve_async())
+
+    async def serve_async(self) -> int:
+        lifespan = _Lifespan(self.app, self.state, self.lifespan_mode)
+        if not await lifespan.startup():
+            self.upgrader.close()
+            return LIFESPAN_FAILED
+        loop = asyncio.get_running_loop()
+        servers = []
+        for listener in self.listeners:
+            servers.append(await loop.create_server(
+                self.drain.wrap_protocol(lambda: _HttpProtocol(self)), sock=listener))
+        await self.drain.serve(*servers, after_drain=lifespan.shutdown)
+        return 0
+
+
+class _Lifespan:
+    """Runs the application's lifespan protocol beside the server."""
+
+    def __init__(self, app: App, state: Dict[str, Any], mode: str) -> None:
+        self.app = app
+        self.state = state
+        self.mode = mode
+        self.task: Optional["asyncio.Task[None]"] = None
+        self.inbox: "asyncio.Queue[Message]" = asyncio.Queue()
+        self.replies: "asyncio.Queue[Message]" = asyncio.Queue()
+        self.supported = False
+
+    async def startup(self) -> bool:
+        if self.mode == "off":
+            return True
+        scope = {"type": "lifespan", "asgi": dict(_ASGI), "state": self.state}
+        self.task = asyncio.ensure_future(self._run(scope))
+        await self.inbox.put({"type": "lifespan.startup"})
+        reply = await self._reply()
+        if reply is None:
+            if self.mode == "on":
+                log.error("lifespan startup failed: the application does not support lifespan")
+                return False
+            log.info("the application does not support lifespan; going on without it")
+            return True
+        self.supported = True
+        if reply["type"] == "lifespan.startup.complete":
+            return True
+        log.error("lifespan startup failed: %s", reply.get("message", ""))
+        return False
+
+    async def shutdown(self) -> None:
+        if not self.supported or self.task is None or self.task.done():
+            return
+        await self.inbox.put({"type": "lifespan.shutdown"})
+        reply = await self._reply()
+        if reply is not None and reply["type"] == "lifespan.shutdown.failed":
+            log.error("lifespan shutdown failed: %s", reply.get("message", ""))
+
+    async def _reply(self) -> Optional[Message]:
+        """The application's next lifespan message; None if it returned or raised instead."""
+        assert self.task is not None
+        getter = asyncio.ensure_future(self.replies.get())
+        await asyncio.wait([getter, self.task], return_when=asyncio.FIRST_COMPLETED)
+        if getter.done():
+            return getter.result()
+        getter.cancel()
+        return None
+
+    async def _run(self, scope: Scope) -> None:
+        try:
+            await self.app(scope, self.inbox.get, self.replies.put)
+        except Exception as exc:
+            if self.supported:
+                log.exception("lifespan error")
+            else:
+                log.debug("lifespan not supported by the application: %r", exc)
+
+
+class _HttpProtocol(asyncio.Protocol):
+    """One client connection: parse requests, run one ASGI cycle at a time."""
+
+    def __init__(self, server: ASGIServer) -> None:
+        self.server = server
+        self.drain = server.drain
+        self.options = server.options
+        self.loop = asyncio.get_event_loop()
+        self.parser = RequestParser(self.options.limits)
+        self.transport: Any = None
+        self.cycle: Optional[_Cycle] = None
+        self.closing = False
+        self.timer: Optional[asyncio.TimerHandle] = None
+        self.write_paused = False
+        self.drain_waiters: List["asyncio.Future[None]"] = []
+        self.client: Optional[Tuple[str, int]] = None
+        self.server_addr: Optional[Tuple[str, int]] = None
+
+    # -- connection events ----------------------------------------------------------------------
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.client = _host_port(transport.get_extra_info("peername"))
+        self.server_addr = _host_port(transport.get_extra_info("sockname"))
+        self._idle()
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        self._cancel_timer()
+        self.closing = True
+        if self.cycle is not None:
+            self.cycle.disconnected()
+        for waiter in self.drain_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return  # read off while we close: keeps the close free of an RST
+        self.parser.feed(data)
+        if self.cycle is None:
+            self.drain.busy(self.transport)
+        self._advance()
+
+    def eof_received(self) -> Optional[bool]:
+        if self.cycle is not None:
+            self.cycle.disconnected()
+        return None
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        for waiter in self.drain_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self.drain_waiters.clear()
+
+    # -- parsing --------------------------------------------------------------------------------
+
+    def _advance(self) -> None:
+        """Feed parser events to the current cycle, or start the next one."""
+        while not self.closing:
+            try:
+                event = self.parser.next_event()
+            except HTTPError as exc:
+                self._refuse(exc)
+                return
+            if event is NEED_DATA:
+                if self.cycle is None and self.parser.buffered and self.timer is None:
+                    self._set_timer(self.options.header_timeout, self._head_timeout)
+                if self.cycle is not None and self.cycle.body_buffered() > _HIGH_WATER:
+                    self.transport.pause_reading()
+                return
+            if isinstance(event, Request):
+                self._cancel_timer()
+                self.cycle = _Cycle(self, event)
+                self.cycle.start()
+            elif isinstance(event, Body):
+                self.cycle.body(event.data)  # type: ignore[union-attr]
+            elif isinstance(event, EndOfMessage):
+                self.cycle.end_of_body()  # type: ignore[union-attr]
+                return  # the next request waits until this response is done
+
+    def _refuse(self, exc: HTTPError) -> None:
+        log.info("refused a request from %s: %s", self.client, exc)
+        if self.cycle is None or not self.cycle.response_started:
+            self.transport.write(http11.error_response(exc.status))
+        self.close_gently()
+
+    def cycle_done(self, keep_alive: bool) -> None:
+        """The response is complete: next request, idle, or close."""
+        cycle = self.cycle
+        self.cycle = None
+        if not keep_alive or self.closing or cycle is None or not cycle.body_complete:
+            # An unread body would have to be read off first; closing is simpler and safe.
+            self.close_gently()
+            return
+        self.parser.start_next()
+        self.transport.resume_reading()
+        if self.parser.buffered:
+            self._advance()
+        if self.cycle is None and not self.closing:
+            self._idle()
+
+    def _idle(self) -> None:
+        self.drain.idle(self.transport)
+        self._set_timer(self.options.keepalive_timeout, self.close_gently)
+
+    def _head_timeout(self) -> None:
+        self.timer = None
+        if self.cycle is None and not self.closing:
+            self.transport.write(http11.error_response(408))
+            self.close_gently()
+
+    def _set_timer(self, delay: float, callback: Callable[[], None]) -> None:
+        self._cancel_timer()
+        self.timer = self.loop.call_later(delay, callback)
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def close_gently(self) -> None:
+        """Half-close, give the client a moment to finish, then close (no RST)."""
+        if self.closing:
+            return
+        self.closing = True
+        self._cancel_timer()
+        transport = self.transport
+        transport.resume_reading()
+        if transport.can_write_eof():
+            transport.write_eof()
+            self.timer = self.loop.call_later(_LINGER, transport.close)
+        else:
+            transport.close()
+
+    async def wait_writable(self) -> None:
+        if self.write_paused and not self.closing:
+            waiter = self.loop.create_future()
+            self.drain_waiters.append(waiter)
+            await waiter
+
+
+class _Cycle:
+    """One request/response exchange with the application."""
+
+    def __init__(self, protocol: _HttpProtocol, request: Request) -> None:
+        self.protocol = protocol
+        self.request = request
+        self.chunks: List[bytes] = []
+        self.buffered = 0
+        self.body_complete = False
+        self.final_sent = False  # the last http.request message was delivered
+        self.body_event = asyncio.Event()
+        self.disconnect_event = asyncio.Event()
+        self.continue_pending = request.expect_continue
+        self.response_started = False
+        self.response_complete = False
+        self.headers: List[Tuple[bytes, bytes]] = []
+        self.head: Optional[bytes] = None  # built with the first body, to send both at once
+        self.status = 0
+        self.chunked = False
+        self.length: Optional[int] = None
+        self.sent = 0
+        self.keep_alive = request.keep_alive
+        self.started = time.time()
+
+    def start(self) -> None:
+        request = self.request
+        ready_path = self.protocol.options.ready_path
+        if ready_path is not None and request.path == ready_path:
+            self._answer_readiness()
+            return
+        if _wants_websocket(request):
+            self._simple(404, b"WebSocket is not supported by this server\n", close=True)
+            return
+        asyncio.ensure_future(self._run())
+
+    # -- the body, from the protocol ------------------------------------------------------------
+
+    def body(self, data: bytes) -> None:
+        self.chunks.append(data)
+        self.buffered += len(data)
+        self.body_event.set()
+
+    def body_buffered(self) -> int:
+        return self.buffered
+
+    def end_of_body(self) -> None:
+        self.body_complete = True
+        self.body_event.set()
+
+    def disconnected(self) -> None:
+        self.disconnect_event.set()
+        self.body_event.set()
+
+    # -- the ASGI side --------------------------------------------------------------------------
+
+    def scope(self) -> Scope:
+        request = self.request
+        protocol = self.protocol
+        return {
+            "type": "http",
+            "asgi": dict(_ASGI),
+            "http_version": request.version.decode(),
+            "method": request.method.decode("latin-1"),
+            "scheme": protocol.options.url_scheme,
+            "path": unquote_to_bytes(request.path).decode("utf-8", "surrogateescape"),
+            "raw_path": request.path,
+            "query_string": request.query,
+            "root_path": "",
+            "headers": [[name, value] for name, value in request.headers],
+            "client": protocol.client,
+            "server": protocol.server_addr,
+            "state": dict(protocol.server.state),
+        }
+
+    async def _run(self) -> None:
+        try:
+            await self.protocol.server.app(self.scope(), self.receive, self.send)
+        except Exception:
+            log.exception("application error for %s %s", self.request.method.decode(),
+                          self.request.target.decode("latin-1"))
+            if not self.response_started:
+                self._simple(500, b"Internal Server Error\n")
+            else:
+                self.keep_alive = False
+                self._finish()
+            return
+        if not self.response_started:
+            log.error("the application returned without starting a response")
+            self._simple(500, b"Internal Server Error\n")
+        elif not self.response_complete:
+            self.keep_alive = False
+            self._finish()
+
+    async def receive(self) -> Message:
+        if self.continue_pending and not self.body_complete:
+            self.continue_pending = False
+            self.protocol.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        while not self.chunks and not self.body_complete and not self.disconnect_event.is_set():
+            self.body_event.clear()
+            await self.body_event.wait()
+        if self.chunks or (self.body_complete and not self.final_sent and
+                           not self.disconnect_event.is_set()):
+            data = b"".join(self.chunks)
+            self.chunks.clear()
+            self.buffered = 0
+            if not self.protocol.closing:
+                self.protocol.transport.resume_reading()
+            more = not self.body_complete
+            if not more:
+                self.final_sent = True
+            return {"type": "http.request", "body": data, "more_body": more}
+        # The body was delivered (or the client left): wait for the disconnect.
+        await self.disconnect_event.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: Message) -> None:
+        kind = message.get("type")
+        if kind == "http.response.start":
+            if self.response_started:
+                raise RuntimeError("http.response.start sent twice")
+            self._start(message)
+        elif kind == "http.response.body":
+            if not self.response_started:
+                raise RuntimeError("http.response.body before http.response.start")
+            if self.response_complete:
+                return
+            body = message.get("body", b"")
+            more = message.get("more_body", False)
+            self._body(bytes(body), more)
+            if more:
+                await self.protocol.wait_writable()
+        else:
+            raise RuntimeError(f"unexpected ASGI message type {kind!r} for an HTTP scope")
+
+    def _start(self, message: Message) -> None:
+        status = int(message["status"])
+        headers: List[Tuple[bytes, bytes]] = []
+        for name, value in message.get("headers", ()):
+            name, value = bytes(name), bytes(value)
+            if not http11.is_valid_header(name, value):
+                raise RuntimeError(f"invalid response header {name!r}: {value!r}")
+            lower = name.lower()
+            if lower == b"content-length":
+                if not value.strip().isdigit():
+                    raise RuntimeError(f"invalid content-length {value!r}")
+                self.length = int(value)
+                continue  # sent once, by _build_head
+            elif lower in (b"connection", b"transfer-encoding", b"keep-alive"):
+                continue
+            headers.append((name, value))
+        self.status = status
+        self.headers = headers
+        self.response_started = True
+
+    def _build_head(self, first_body: Optional[int]) -> bytes:
+        request = self.request
+        headers = self.headers
+        no_body = http11.no_body_expected(request.method, self.status)
+        if self.length is not None:
+            headers.append((b"content-length", str(self.length).encode()))
+        elif not no_body:
+            if first_body is not None:
+                self.length = first_body
+                headers.append((b"content-length", str(first_body).encode()))
+            elif request.version == b"1.1":
+                self.chunked = True
+                headers.append((b"transfer-encoding", b"chunked"))
+            else:
+                self.keep_alive = False
+        if self.protocol.drain.draining:
+            self.keep_alive = False
+        if not self.keep_alive:
+            headers.append((b"connection", b"close"))
+        elif request.version == b"1.0":
+            headers.append((b"connection", b"keep-alive"))
+        headers.append((b"date", http11.http_date()))
+        reason = http11.REASONS.get(self.status, "").encode()
+        return http11.response_head(b"%d %s" % (self.status, reason), headers)
+
+    def _body(self, data: bytes, more: bool) -> None:
+        out = b""
+        if not self.sent and self.head is None:
+            self.head = self._build_head(None if more else len(data))
+            out = self.head
+        if http11.no_body_expected(self.request.method, self.status):
+            data = b""
+        elif self.length is not None and self.sent + len(data) > self.length:
+            data = data[:self.length - self.sent]
+            self.keep_alive = False
+        self.sent += len(data)
+        if self.chunked:
+            if data:
+                out += b"%x\r\n%s\r\n" % (len(data), data)
+            if not more:
+                out += b"0\r\n\r\n"
+        else:
+            out += data
+        if out and not self.protocol.closing:
+            self.protocol.transport.write(out)
+        if not more:
+            self._finish()
+
+    def _finish(self) -> None:
+        if self.response_complete:
+            return
+        if self.head is None:
+            self._body(b"", more=False)  # nothing was sent yet: a complete empty response
+            return
+        self.response_complete = True
+        self.disconnect_event.set()  # a receive() after the response reports the disconnect
+        self._log()
+        keep = self.keep_alive and (self.length is None or self.sent == self.length or
+                                    http11.no_body_expected(self.request.method, self.status))
+        self.protocol.cycle_done(keep)
+
+    def _simple(self, status: int, body: bytes, close: bool = False) -> None:
+        self.response_started = True
+        self.status = status
+        self.headers = [(b"content-type", b"text/plain; charset=utf-8")]
+        self.head = None
+        if close:
+            self.keep_alive = False
+        self._body(body, more=False)
+
+    def _answer_readiness(self) -> None:
+        ready = self.protocol.drain.lifecycle.ready_for_traffic
+        self._simple(200 if ready else 503, b"ready\n" if ready else b"not ready\n")
+
+    def _log(self) -> None:
+        access_log = self.protocol.options.access_log
+        if access_log is None:
+            return
+        request = self.request
+        remote = self.protocol.client[0] if self.protocol.client else "-"
+        when = time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(self.started))
+        access_log(f'{remote} - - [{when}] "{request.method.decode("latin-1")} '
+                   f'{request.target.decode("latin-1")} HTTP/{request.version.decode()}" '
+                   f'{self.status} {self.sent}')
+
+
+def _wants_websocket(request: Request) -> bool:
+    for name, value in request.headers:
+        if name == b"upgrade" and value.lower() == b"websocket":
+            return True
+    return False
+
+
+def _host_port(address: Any) -> Optional[Tuple[str, int]]:
+    if isinstance(address, tuple) and len(address) >= 2:
+        return (str(address[0]), int(address[1]))
+    return None

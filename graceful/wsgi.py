@@ -1,0 +1,756 @@
+"""A drain-aware threaded HTTP/1.1 server for WSGI applications (PEP 3333).
+
+One thread runs a selector loop that owns the listeners and every connection *between*
+requests; a bounded pool of worker threads runs the application. A connection costs a thread
+only while a request is in progress, so thousands of idle keep-alive clients cost almost
+nothing, and the drain can see (and close) every idle one at once.
+
+    upgrader = Upgrader(pidfile="app.pid")
+    server = WSGIServer(app, upgrader, ["web=:8000"])
+    server.serve()          # ready(), serve until upgraded or stopped, drain, return
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import queue
+import selectors
+import socket
+import sys
+import threading
+import time
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from urllib.parse import unquote_to_bytes
+
+from . import http11
+from .drain import accept_backlog, close_gently
+from .http11 import NEED_DATA, Body, EndOfMessage, HTTPError, Limits, Request, RequestParser
+from .upgrader import Upgrader
+from ._options import ServerOptions
+
+__all__ = ["WSGIServer", "FileWrapper", "ServerOptions"]
+
+log = logging.getLogger("graceful")
+
+_RECV = 65536
+_TICK = 0.25  # how often the loop checks timeouts while nothing happens
+_MAX_DISCARD = 1 << 20  # unread request body we read off to keep a connection alive
+_LINGER = 1.0  # a connection we close waits this long for the client's last bytes
+
+
+class _Conn:
+    """A client connection and its parser; lives in the selector between requests."""
+
+    __slots__ = ("sock", "parser", "peer", "server_addr", "unix", "since", "head_started",
+                 "lingering")
+
+    def __init__(self, sock: socket.socket, peer: Any, server_addr: Tuple[str, str], unix: bool,
+                 limits: Limits) -> None:
+        self.sock = sock
+        self.parser = RequestParser(limits)
+        self.peer = peer
+        self.server_addr = server_addr
+        self.unix = unix
+        self.since = time.monotonic()  # last activity
+        self.head_started: Optional[float] = None  # first byte of a request head not yet whole
+        self.lingering: Optional[float] = None  # closing: deadline for the client's last bytes
+
+
+class WSGIServer:
+    """Serve a WSGI ``app`` on the upgrader's listeners, with a drain at the end."""
+
+    def __init__(self, app: Callable[..., Iterable[bytes]], upgrader: Upgrader,
+                 binds: Sequence[str], *, threads: int = 8,
+                 options: Optional[ServerOptions] = None, **listen_options: Any) -> None:
+        if threads < 1:
+            raise ValueError(f"threads={threads}: need at least 1 worker thread")
+        self.app = app
+        self.upgrader = upgrader
+        self.lifecycle = upgrader.lifecycle
+        self.options = options or ServerOptions()
+        self.threads = threads
+        self.listeners = [upgrader.listen(bind, **listen_options) for bind in binds]
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self._returned: "queue.SimpleQueue[Tuple[_Conn, bool]]" = queue.SimpleQueue()
+        self._work: "queue.SimpleQueue[Optional[Tuple[_Conn, Request]]]" = queue.SimpleQueue()
+        self._idle: Dict[int, _Conn] = {}  # id → connection waiting in the selector
+        self._busy: Dict[int, _Conn] = {}  # id → connection a worker is serving
+        self._next_expiry = 0.0
+        self._closed = False
+        self._lock = threading.Lock()
+        self._workers: List[threading.Thread] = []
+
+    # -- the lifecycle --------------------------------------------------------------------------
+
+    def serve(self) -> int:
+        """Declare ready, serve until this generation must stop, drain; returns 0."""
+        self.lifecycle.watch(lambda state: self._wake())
+        for listener in self.listeners:
+            self._selector.register(listener, selectors.EVENT_READ, listener)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        for i in range(self.threads):
+            worker = threading.Thread(target=self._worker, name=f"graceful-wsgi-{i}", daemon=True)
+            worker.start()
+            self._workers.append(worker)
+        try:
+            if self.lifecycle.state == "starting":
+                self.upgrader.ready()
+            self._loop_until_stopped()
+            self._stop_accepting()
+            self._drain()
+        finally:
+            self._close_everything()
+        return 0
+
+    def _loop_until_stopped(self) -> None:
+        while not self.lifecycle.stop_event.is_set():
+            self._poll(_TICK)
+
+    def _stop_accepting(self) -> None:
+        for listener in self.listeners:
+            self._selector.unregister(listener)
+            if self.lifecycle.last_holder:
+                for sock, peer in accept_backlog(listener):
+                    self._add_connection(listener, sock, peer)
+            listener.close()  # our fd only: a successor holds its own
+        self.listeners = []
+
+    def _drain(self) -> None:
+        lifecycle = self.lifecycle
+        while True:
+            with self._lock:
+                busy = len(self._busy)
+            if not self._idle and not busy and self._returned.empty():
+                return
+            left = lifecycle.time_left()
+            if left is not None and left <= 0:
+                log.warning("drain deadline reached: closing %d connection(s)",
+                            len(self._idle) + busy)
+                return
+            self._poll(_TICK if left is None else min(_TICK, left))
+
+    def _close_everything(self) -> None:
+        for conn in list(self._idle.values()):
+            self._forget(conn)
+            conn.sock.close()
+        with self._lock:
+            busy = list(self._busy.values())
+        for conn in busy:  # past the deadline: break the workers' blocking I/O
+            try:
+                conn.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for _ in self._workers:
+            self._work.put(None)
+        for listener in self.listeners:
+            listener.close()
+        self._selector.close()
+        self._closed = True
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        self.upgrader.close()
+
+    # -- the selector loop ----------------------------------------------------------------------
+
+    def _poll(self, timeout: float) -> None:
+        for key, _ in self._selector.select(timeout):
+            data = key.data
+            if data is None:
+                self._drain_wake_pipe()
+            elif isinstance(data, _Conn):
+                self._on_readable(data)
+            elif self.lifecycle.accepting:
+                self._accept(data)
+        self._take_returned()
+        now = time.monotonic()
+        if now >= self._next_expiry:  # not on every wake-up: this walks every idle connection
+            self._next_expiry = now + _TICK / 2
+            self._expire(now)
+
+    def _wake(self) -> None:
+        if self._closed:
+            return  # the pipe is gone (and its fd number may be reused)
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+
+    def _drain_wake_pipe(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def _accept(self, listener: socket.socket) -> None:
+        for _ in range(64):  # bounded, so one busy listener cannot starve the rest of the loop
+            try:
+                sock, peer = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return  # the other generation took it, or the queue is empty
+            except OSError as exc:
+                log.warning("accept failed: %s", exc)
+                return
+            self._add_connection(listener, sock, peer)
+
+    def _add_connection(self, listener: socket.socket, sock: socket.socket, peer: Any) -> None:
+        sock.setblocking(False)
+        unix = sock.family == socket.AF_UNIX
+        if not unix:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn = _Conn(sock, peer, _server_address(listener), unix, self.options.limits)
+        self._park(conn)
+
+    def _park(self, conn: _Conn) -> None:
+        """Watch a connection between requests."""
+        self._idle[id(conn)] = conn
+        self._selector.register(conn.sock, selectors.EVENT_READ, conn)
+
+    def _forget(self, conn: _Conn) -> None:
+        self._idle.pop(id(conn), None)
+        try:
+            self._selector.unregister(conn.sock)
+        except (KeyError, ValueError):
+            pass
+
+    def _on_readable(self, conn: _Conn) -> None:
+        try:
+            data = conn.sock.recv(_RECV)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if conn.lingering is not None:
+            if not data:
+                self._forget(conn)
+                conn.sock.close()
+            return  # read off and ignored: we are closing
+        if not data:
+            self._forget(conn)
+            conn.sock.close()
+            return
+        conn.since = time.monotonic()
+        conn.parser.feed(data)
+        self._dispatch(conn)
+
+    def _dispatch(self, conn: _Conn) -> None:
+        """Hand the connection to a worker once a whole request head is in."""
+        try:
+            event = conn.parser.next_event()
+        except HTTPError as exc:
+            self._refuse(conn, exc)
+            return
+        if event is NEED_DATA:
+            if conn.head_started is None:
+                conn.head_started = conn.since
+            return
+        conn.head_started = None
+        self._forget(conn)
+        with self._lock:
+            self._busy[id(conn)] = conn
+        self._work.put((conn, event))  # type: ignore[arg-type]
+
+    def _refuse(self, conn: _Conn, exc: HTTPError) -> None:
+        log.info("refused a request from %s: %s", _peer_text(conn), exc)
+        try:
+            conn.sock.send(http11.error_response(exc.status))
+        except OSError:
+            pass
+        self._linger(conn)
+
+    def _linger(self, conn: _Conn) -> None:
+        """Half-close and wait (in the selector) for the client's last bytes, then close."""
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._forget(conn)
+            conn.sock.close()
+            return
+        conn.lingering = time.monotonic() + _LINGER
+        if id(conn) not in self._idle:
+            self._park(conn)
+
+    def _take_returned(self) -> None:
+        while True:
+            try:
+                conn, keep = self._returned.get_nowait()
+            except queue.Empty:
+                return
+            with self._lock:
+                self._busy.pop(id(conn), None)
+            if not keep:
+                continue
+            conn.since = time.monotonic()
+            self._park(conn)
+
+    def _expire(self, now: float) -> None:
+        options = self.options
+        lifecycle = self.lifecycle
+        draining_since = lifecycle.drain_started if lifecycle.draining else None
+        grace = lifecycle.idle_grace
+        for conn in list(self._idle.values()):
+            if conn.lingering is not None:
+                if now >= conn.lingering:
+                    self._forget(conn)
+                    conn.sock.close()
+            elif conn.head_started is not None:
+                if now - conn.head_started > options.header_timeout:
+                    self._refuse(conn, HTTPError(408, "request head not received in time"))
+            elif now - conn.since > options.keepalive_timeout:
+                self._linger(conn)
+            elif draining_since is not None and now - max(conn.since, draining_since) >= grace:
+                self._linger(conn)  # idle through the grace after the drain began
+
+    # -- workers --------------------------------------------------------------------------------
+
+    def _worker(self) -> None:
+        while True:
+            item = self._work.get()
+            if item is None:
+                return
+            conn, request = item
+            keep = False
+            try:
+                keep = self._serve_connection(conn, request)
+            except Exception:  # a bug of ours must not kill the worker
+                log.exception("error while serving %s", _peer_text(conn))
+            if keep:
+                try:
+                    conn.sock.setblocking(False)
+                except OSError:
+                    keep = False
+            if not keep:
+                close_gently(conn.sock, _LINGER)
+            self._returned.put((conn, keep))
+            self._wake()
+
+    def _serve_connection(self, conn: _Conn, request: Request) -> bool:
+        """Serve requests on ``conn`` while whole ones are already buffered (pipelining)."""
+        conn.sock.settimeout(self.options.body_timeout)
+        while True:
+            if not _Exchange(self, conn, request).run():
+                return False
+            conn.parser.start_next()
+            try:
+                event = conn.parser.next_event()
+            except HTTPError as exc:
+                _send_all(conn.sock, http11.error_response(exc.status))
+                return False
+            if event is NEED_DATA:
+                conn.head_started = time.monotonic() if conn.parser.buffered else None
+                return True
+            request = event  # type: ignore[assignment]
+
+
+class _Exchange:
+    """One request and its response."""
+
+    def __init__(self, server: WSGIServer, conn: _Conn, request: Request) -> None:
+        self.server = server
+        self.conn = conn
+        self.request = request
+        self.status: Optional[str] = None
+        self.headers: List[Tuple[str, str]] = []
+        self.head_sent = False
+        self.chunked = False
+        self.length: Optional[int] = None  # Content-Length the app declared
+        self.sent = 0
+        self.keep_alive = request.keep_alive
+        self.input = _Input(conn, request, server.options.body_timeout)
+        self.started = time.time()
+
+    def run(self) -> bool:
+        """Serve the request; True if the connection may carry another one."""
+        request = self.request
+        if self.server.lifecycle.draining:
+            self.keep_alive = False
+        ready_path = self.server.options.ready_path
+        if ready_path is not None and request.path == ready_path:
+            self._answer_readiness()
+        else:
+            try:
+                self._run_app()
+            except _ClientGone:
+                return False
+        self._log()
+        if not self.input.finish():
+            return False
+        return self.keep_alive and self.head_sent and self._complete()
+
+    def _complete(self) -> bool:
+        """Whether the client got the whole body the head announced."""
+        if self.length is None or self.sent == self.length:
+            return True
+        return http11.no_body_expected(self.request.method, int(self.status[:3]))  # type: ignore[index]
+
+    def _answer_readiness(self) -> None:
+        ready = self.server.lifecycle.ready_for_traffic
+        body = b"ready\n" if ready else b"not ready\n"
+        self.status = "200 OK" if ready else "503 Service Unavailable"
+        self.headers = [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))]
+        self.length = len(body)
+        self._send(body, final=True)
+
+    def _run_app(self) -> None:
+        environ = self._environ()
+        try:
+            result = self.server.app(environ, self._start_response)
+        except _ClientGone:
+            raise
+        except HTTPError as exc:  # a malformed body, met while the app read it
+            self._fail(exc.status)
+            return
+        except Exception:
+            log.exception("application error for %s %s", self.request.method.decode(),
+                          self.request.target.decode("latin-1"))
+            self._fail()
+            return
+        try:
+            if isinstance(result, FileWrapper) and self._sendfile(result):
+                return
+            if isinstance(result, (list, tuple)) and len(result) == 1 and not self.head_sent:
+                self._send(result[0], final=True)  # the common case: one write, Content-Length
+                return
+            for data in result:
+                if data:
+                    self._send(data, final=False)
+            self._send(b"", final=True)
+        except _ClientGone:
+            raise
+        except Exception:
+            log.exception("application error while streaming %s", self.request.target.decode("latin-1"))
+            self._fail()
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:
+                    log.exception("error in the application's close()")
+
+    def _fail(self, status: int = 500) -> None:
+        if self.head_sent or status != 500:
+            self.keep_alive = False  # cut short, or the request's framing is broken
+        if self.head_sent:
+            return  # the client sees the close
+        reason = http11.REASONS.get(status, "Error")
+        self.status = f"{status} {reason}"
+        body = reason.encode() + b"\n"
+        self.headers = [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))]
+        self.length = len(body)
+        self._send(body, final=True)
+
+    # -- the WSGI environ and start_response ----------------------------------------------------
+
+    def _environ(self) -> Dict[str, Any]:
+        request, conn = self.request, self.conn
+        environ: Dict[str, Any] = {
+            "REQUEST_METHOD": request.method.decode("latin-1"),
+            "SCRIPT_NAME": "",
+            "PATH_INFO": unquote_to_bytes(request.path).decode("latin-1"),
+            "QUERY_STRING": request.query.decode("latin-1"),
+            "RAW_URI": request.target.decode("latin-1"),
+            "SERVER_NAME": conn.server_addr[0],
+            "SERVER_PORT": conn.server_addr[1],
+            "SERVER_PROTOCOL": "HTTP/" + request.version.decode(),
+            "REMOTE_ADDR": "" if conn.unix else conn.peer[0],
+            "wsgi.version": (1, 0),
+            "wsgi.url_scheme": self.server.options.url_scheme,
+            "wsgi.input": self.input,
+            "wsgi.errors": sys.stderr,
+            "wsgi.multithread": True,
+            "wsgi.multiprocess": False,
+            "wsgi.run_once": False,
+            "wsgi.input_terminated": True,
+            "wsgi.file_wrapper": FileWrapper,
+        }
+        if not conn.unix:
+            environ["REMOTE_PORT"] = str(conn.peer[1])
+        for name, value in request.headers:
+            if b"_" in name:
+                continue  # CGI would turn "-" and "_" alike into "_": a spoofing vector
+            key = name.decode("latin-1").upper().replace("-", "_")
+            text = value.decode("latin-1")
+            if key == "CONTENT_TYPE" or key == "CONTENT_LENGTH":
+                environ[key] = text
+                continue
+            key = "HTTP_" + key
+            environ[key] = environ[key] + "," + text if key in environ else text
+        if request.chunked:
+            environ.pop("HTTP_TRANSFER_ENCODING", None)
+        return environ
+
+    def _start_response(self, status: str, headers: List[Tuple[str, str]],
+                        exc_info: Any = None) -> Callable[[bytes], None]:
+        if exc_info is not None:
+            try:
+                if self.head_sent:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif self.status is not None:
+            raise AssertionError("start_response() called twice without exc_info")
+        if not isinstance(status, str) or len(status) < 4 or not status[:3].isdigit() or status[3] != " ":
+            raise ValueError(f"WSGI status must look like '200 OK', got {status!r}")
+        checked = []
+        length: Optional[int] = None
+        for name, value in headers:
+            if not http11.is_valid_header(name.encode("latin-1"), value.encode("latin-1")):
+                raise ValueError(f"invalid response header {name!r}: {value!r}")
+            lower = name.lower()
+            if lower == "content-length":
+                if not value.isascii() or not value.strip().isdigit():
+                    raise ValueError(f"invalid Content-Length {value!r}")
+                length = int(value)
+                continue  # sent once, by _head
+            elif lower in ("connection", "transfer-encoding", "keep-alive"):
+                continue  # hop-by-hop: the server decides framing and persistence
+            checked.append((name, value))
+        if length is not None:
+            checked.append(("Content-Length", str(length)))
+        self.status = status
+        self.headers = checked
+        self.length = length
+        return self._write
+
+    def _write(self, data: bytes) -> None:
+        if self.status is None:
+            raise AssertionError("write() before start_response()")
+        self._send(data, final=False)
+
+    # -- sending --------------------------------------------------------------------------------
+
+    def _head(self, body_length: Optional[int]) -> bytes:
+        assert self.status is not None, "the application returned without calling start_response"
+        request = self.request
+        status_code = int(self.status[:3])
+        headers = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in self.headers]
+        no_body = http11.no_body_expected(request.method, status_code)
+        if self.length is None and not no_body:
+            if body_length is not None:
+                self.length = body_length
+                headers.append((b"Content-Length", str(body_length).encode()))
+            elif request.version == b"1.1":
+                self.chunked = True
+                headers.append((b"Transfer-Encoding", b"chunked"))
+            else:
+                self.keep_alive = False  # an HTTP/1.0 body without a length ends at the close
+        if self.server.lifecycle.draining:
+            self.keep_alive = False
+        if not self.keep_alive:
+            headers.append((b"Connection", b"close"))
+        elif request.version == b"1.0":
+            headers.append((b"Connection", b"keep-alive"))
+        headers.append((b"Date", http11.http_date()))
+        return http11.response_head(self.status.encode("latin-1"), headers)
+
+    def _send(self, data: bytes, final: bool) -> None:
+        if not isinstance(data, bytes):
+            raise TypeError(f"WSGI applications must produce bytes, got {type(data).__name__}")
+        out = b""
+        if not self.head_sent:
+            if not final and not data:
+                return  # nothing to send yet: keep the chance of a Content-Length
+            out = self._head(len(data) if final else None)
+            self.head_sent = True
+        no_body = http11.no_body_expected(self.request.method, int(self.status[:3]))  # type: ignore[index]
+        if no_body:
+            data = b""
+        elif self.length is not None and self.sent + len(data) > self.length:
+            data = data[:self.length - self.sent]  # the app wrote more than it declared
+            self.keep_alive = False
+        self.sent += len(data)
+        if self.chunked:
+            if data:
+                out += b"%x\r\n%s\r\n" % (len(data), data)
+            if final:
+                out += b"0\r\n\r\n"
+        else:
+            out += data
+        if out:
+            _send_all(self.conn.sock, out)
+
+    def _sendfile(self, wrapper: "FileWrapper") -> bool:
+        filelike = wrapper.filelike
+        try:
+            fd = filelike.fileno()
+            size = os.fstat(fd).st_size
+            offset = filelike.tell()
+        except (AttributeError, OSError, io.UnsupportedOperation):
+            return False
+        if not isinstance(filelike, io.BufferedIOBase) and not isinstance(filelike, io.RawIOBase):
+            return False
+        count = max(0, size - offset)
+        if self.length is not None:
+            count = min(count, self.length)
+        _send_all(self.conn.sock, self._head(count))
+        self.head_sent = True
+        if not http11.no_body_expected(self.request.method, int(self.status[:3])):  # type: ignore[index]
+            try:
+                sent = self.conn.sock.sendfile(filelike, offset, count)
+            except OSError:
+                raise _ClientGone() from None
+            self.sent += sent
+        wrapper.close()
+        return True
+
+    def _log(self) -> None:
+        access_log = self.server.options.access_log
+        if access_log is None:
+            return
+        request = self.request
+        remote = "-" if self.conn.unix else self.conn.peer[0]
+        when = time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(self.started))
+        status = self.status[:3] if self.status else "-"
+        access_log(f'{remote} - - [{when}] "{request.method.decode("latin-1")} '
+                   f'{request.target.decode("latin-1")} HTTP/{request.version.decode()}" '
+                   f'{status} {self.sent}')
+
+
+class _ClientGone(Exception):
+    """The client closed or reset the connection, or stopped reading in time."""
+
+
+def _send_all(sock: socket.socket, data: bytes) -> None:
+    try:
+        sock.sendall(data)
+    except OSError:
+        raise _ClientGone() from None
+
+
+class _Input(io.RawIOBase):
+    """``wsgi.input``: the request body, read on demand; safe to under-read."""
+
+    def __init__(self, conn: _Conn, request: Request, timeout: float) -> None:
+        super().__init__()
+        self._conn = conn
+        self._request = request
+        self._buffer = bytearray()
+        self._done = not request.has_body
+        self._continue_pending = request.expect_continue
+        if self._done:
+            self._consume_end()
+
+    def _consume_end(self) -> None:
+        event = self._conn.parser.next_event()
+        assert isinstance(event, EndOfMessage), event
+
+    def readable(self) -> bool:
+        return True
+
+    def _fill(self) -> bool:
+        """Get the next piece of body into the buffer; False at its end."""
+        if self._done:
+            return False
+        if self._continue_pending:
+            self._continue_pending = False
+            _send_all(self._conn.sock, b"HTTP/1.1 100 Continue\r\n\r\n")
+        parser = self._conn.parser
+        while True:
+            event = parser.next_event()
+            if isinstance(event, Body):
+                self._buffer += event.data
+                return True
+            if isinstance(event, EndOfMessage):
+                self._done = True
+                return False
+            try:
+                data = self._conn.sock.recv(_RECV)
+            except OSError:
+                raise _ClientGone() from None
+            if not data:
+                raise _ClientGone()
+            parser.feed(data)
+
+    def read(self, size: int = -1) -> bytes:  # type: ignore[override]
+        if size is None or size < 0:
+            while self._fill():
+                pass
+            data = bytes(self._buffer)
+            self._buffer.clear()
+            return data
+        while len(self._buffer) < size and self._fill():
+            pass
+        data = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return data
+
+    def readline(self, size: int = -1) -> bytes:  # type: ignore[override]
+        while True:
+            end = self._buffer.find(b"\n")
+            if end >= 0 and (size is None or size < 0 or end < size):
+                return self.read(end + 1)
+            if size is not None and 0 <= size <= len(self._buffer):
+                return self.read(size)
+            if not self._fill():
+                return self.read(len(self._buffer))
+
+    def readlines(self, hint: int = -1) -> List[bytes]:  # type: ignore[override]
+        lines = []
+        total = 0
+        while True:
+            line = self.readline()
+            if not line:
+                return lines
+            lines.append(line)
+            total += len(line)
+            if 0 < hint <= total:
+                return lines
+
+    def __iter__(self):  # type: ignore[override]
+        return iter(self.readline, b"")
+
+    def finish(self) -> bool:
+        """After the response: read off what the app left unread; False to close instead."""
+        if self._done:
+            return True
+        if self._continue_pending:
+            return False  # the client waits for 100 Continue: it never sent the body
+        discarded = 0
+        try:
+            while self._fill():
+                discarded += len(self._buffer)
+                self._buffer.clear()
+                if discarded > _MAX_DISCARD:
+                    return False
+        except (_ClientGone, HTTPError):
+            return False
+        return True
+
+
+class FileWrapper:
+    """``wsgi.file_wrapper``: a real file is sent with ``os.sendfile``; others are iterated."""
+
+    def __init__(self, filelike: Any, blksize: int = 65536) -> None:
+        self.filelike = filelike
+        self.blksize = blksize
+        if hasattr(filelike, "close"):
+            self.close = filelike.close
+
+    def __iter__(self):
+        read = self.filelike.read
+        while True:
+            data = read(self.blksize)
+            if not data:
+                return
+            yield data
+
+    def close(self) -> None:
+        pass
+
+
+def _server_address(listener: socket.socket) -> Tuple[str, str]:
+    name = listener.getsockname()
+    if isinstance(name, tuple):
+        return str(name[0]), str(name[1])
+    if isinstance(name, bytes):
+        name = "@" + name[1:].decode("utf-8", "replace") if name[:1] == b"\0" else name.decode()
+    return str(name) or "localhost", ""
+
+
+def _peer_text(conn: _Conn) -> str:
+    return "a Unix socket client" if conn.unix else f"{conn.peer[0]}:{conn.peer[1]}"
