@@ -85,6 +85,7 @@ class _Lifespan:
         self.inbox: "asyncio.Queue[Message]" = asyncio.Queue()
         self.replies: "asyncio.Queue[Message]" = asyncio.Queue()
         self.supported = False
+        self.took_startup = False  # the app received lifespan.startup
 
     async def startup(self) -> bool:
         if self.mode == "off":
@@ -93,6 +94,10 @@ class _Lifespan:
         self.task = asyncio.ensure_future(self._run(scope))
         await self.inbox.put({"type": "lifespan.startup"})
         reply = await self._reply()
+        if reply is None and self.took_startup:
+            # It read lifespan.startup, then raised: it speaks lifespan and its startup failed.
+            log.error("lifespan startup failed: the application raised (see above)")
+            return False
         if reply is None:
             if self.mode == "on":
                 log.error("lifespan startup failed: the application does not support lifespan")
@@ -123,11 +128,17 @@ class _Lifespan:
         getter.cancel()
         return None
 
+    async def _receive(self) -> Message:
+        message = await self.inbox.get()
+        if message["type"] == "lifespan.startup":
+            self.took_startup = True
+        return message
+
     async def _run(self, scope: Scope) -> None:
         try:
-            await self.app(scope, self.inbox.get, self.replies.put)
+            await self.app(scope, self._receive, self.replies.put)
         except Exception as exc:
-            if self.supported:
+            if self.supported or self.took_startup:
                 log.exception("lifespan error")
             else:
                 log.debug("lifespan not supported by the application: %r", exc)

@@ -1,0 +1,95 @@
+"""A pure ASGI 3 application for the server tests (no framework).
+
+The environment variable ASGI_APP_LIFESPAN chooses the lifespan behaviour: "ok" (default),
+"fail" (startup fails), "raise" (startup raises), "unsupported" (raises on any lifespan scope).
+"""
+
+import asyncio
+import json
+import os
+
+LIFESPAN = os.environ.get("ASGI_APP_LIFESPAN", "ok")
+EVENTS_FILE = os.environ.get("ASGI_APP_EVENTS")  # lifespan events are appended here
+
+
+def _record(event):
+    if EVENTS_FILE:
+        with open(EVENTS_FILE, "a") as f:
+            f.write(f"{os.getpid()} {event}\n")
+
+
+async def lifespan(receive, send):
+    if LIFESPAN == "unsupported":
+        raise RuntimeError("no lifespan here")
+    message = await receive()
+    assert message["type"] == "lifespan.startup"
+    if LIFESPAN == "fail":
+        await send({"type": "lifespan.startup.failed", "message": "database unreachable"})
+        return
+    if LIFESPAN == "raise":
+        raise RuntimeError("startup exploded")
+    _record("startup")
+    await send({"type": "lifespan.startup.complete"})
+    message = await receive()
+    assert message["type"] == "lifespan.shutdown"
+    _record("shutdown")
+    await send({"type": "lifespan.shutdown.complete"})
+
+
+async def respond(send, body, status=200, headers=()):
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"text/plain"), (b"x-pid", str(os.getpid()).encode()),
+                            *headers]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def read_body(receive):
+    chunks = []
+    while True:
+        message = await receive()
+        assert message["type"] == "http.request", message
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        await lifespan(receive, send)
+        return
+    assert scope["type"] == "http"
+    path = scope["path"]
+    if path == "/hello":
+        await respond(send, b"hello\n", headers=[(b"content-length", b"6")])
+    elif path == "/slow":
+        await asyncio.sleep(0.2)
+        await respond(send, b"slow\n")
+    elif path == "/echo":
+        await respond(send, await read_body(receive))
+    elif path == "/stream":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for i in range(3):
+            await send({"type": "http.response.body", "body": b"part %d\n" % i, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+    elif path == "/big":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for _ in range(64):  # 8 MiB through flow control
+            await send({"type": "http.response.body", "body": b"x" * 131072, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+    elif path == "/disconnect":
+        await read_body(receive)
+        message = await receive()  # blocks until the client goes away
+        _record(message["type"])
+    elif path == "/error":
+        raise RuntimeError("the application failed on purpose")
+    elif path == "/scope":
+        body = json.dumps({
+            "http_version": scope["http_version"], "method": scope["method"],
+            "path": scope["path"], "raw_path": scope["raw_path"].decode(),
+            "query_string": scope["query_string"].decode(), "client": scope["client"],
+            "server": scope["server"], "headers": [[n.decode(), v.decode()] for n, v in scope["headers"]],
+            "asgi": scope["asgi"], "scheme": scope["scheme"],
+        }).encode()
+        await respond(send, body)
+    else:
+        await respond(send, b"not found\n", status=404)
