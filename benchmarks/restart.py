@@ -2,8 +2,11 @@
 
     python benchmarks/restart.py                                  # reexec and naive, 50 restarts
     python benchmarks/restart.py --strategy reexec --restarts 20 --mode keepalive
+    python benchmarks/restart.py --strategy serve-wsgi --strategy serve-asgi --restarts 20 \
+        --json benchmarks/results/restart-serve.json
 
-Strategies: reexec (graceful: SIGHUP, self re-exec) and naive (SIGTERM, then start again).
+Strategies: reexec (graceful: SIGHUP, self re-exec of a socketserver app), naive (SIGTERM, then
+start again), serve-wsgi and serve-asgi (``graceful serve`` with benchmarks/apps.py, SIGHUP).
 Exit status 0 only if every strategy that is meant to be lossless failed no request.
 """
 

@@ -34,6 +34,10 @@ _EXPORTS = {
     "Lifecycle": "drain",
     "serve_socketserver": "socketserver_adapter",
     "AsyncioDrain": "asyncio_adapter",
+    "WSGIServer": "wsgi",
+    "ASGIServer": "asgi",
+    "ServerOptions": "_options",
+    "Limits": "http11",
 }
 
 __all__ = ["__version__", *_EXPORTS]

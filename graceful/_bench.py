@@ -47,17 +47,25 @@ class RunResult:
 
 
 class _Server:
-    """One server process tree, in its own process group so it can be killed whole."""
+    """One server process tree, in its own process group so it can be killed whole.
 
-    def __init__(self, args: List[str], pidfile: str) -> None:
-        self.args, self.pidfile = args, pidfile
+    It is up once it prints ``READY`` (the demo server) or, with ``ready_url_port``, once
+    ``GET /-/ready`` answers 200 (``graceful serve --ready-path /-/ready``).
+    """
+
+    def __init__(self, args: List[str], pidfile: str, ready_port: Optional[int] = None) -> None:
+        self.args, self.pidfile, self.ready_port = args, pidfile, ready_port
         self.proc = self._spawn()
 
     def _spawn(self) -> subprocess.Popen:
         proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
-        line = _read_line(proc, 30.0)
-        if not line.startswith(b"READY"):
+        if self.ready_port is not None:
+            up = _wait_until(lambda: proc.poll() is not None or _answers(self.ready_port), 30.0)
+            up = up and proc.poll() is None
+        else:
+            up = _read_line(proc, 30.0).startswith(b"READY")
+        if not up:
             _kill_group(proc)
             raise RuntimeError(f"server did not start: {' '.join(self.args)}")
         return proc
@@ -98,6 +106,20 @@ def _read_line(proc: subprocess.Popen, timeout: float) -> bytes:
     return line
 
 
+def _answers(port: int) -> bool:
+    """Whether ``GET /-/ready`` on ``port`` answers 200."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        conn.request("GET", "/-/ready")
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
 def _kill_group(proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -126,6 +148,14 @@ def _server_args(port: int, pidfile: str, *extra: str) -> List[str]:
             "--pidfile", pidfile, "--log-level", "WARNING", *extra]
 
 
+def _serve_args(app: str, port: int, pidfile: str) -> List[str]:
+    apps = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "benchmarks", "apps.py")
+    return [sys.executable, "-m", "graceful", "serve", f"{apps}:{app}",
+            "--bind", f"web=127.0.0.1:{port}", "--pidfile", pidfile, "--ready-path", "/-/ready",
+            "--log-level", "warning"]
+
+
 def _restart_reexec(server: _Server) -> Optional[int]:
     old = server.pid()
     if old is None:
@@ -148,6 +178,10 @@ STRATEGIES: Dict[str, dict] = {
                "restart": _restart_reexec, "lossless": True},
     "naive": {"description": "naive: SIGTERM, then start again", "extra": ("--naive",),
               "restart": _restart_naive, "lossless": False},
+    "serve-wsgi": {"description": "graceful serve (WSGI): SIGHUP", "serve": "wsgi",
+                   "restart": _restart_reexec, "lossless": True},
+    "serve-asgi": {"description": "graceful serve (ASGI): SIGHUP", "serve": "asgi",
+                   "restart": _restart_reexec, "lossless": True},
 }
 
 
@@ -160,7 +194,10 @@ def run_strategy(strategy: str, *, restarts: int = 5, duration: float = 10.0,
     port = _free_port()
     with tempfile.TemporaryDirectory(prefix="graceful-bench-") as tmp:
         pidfile = os.path.join(tmp, "server.pid")
-        server = _Server(_server_args(port, pidfile, *spec["extra"]), pidfile)
+        if "serve" in spec:
+            server = _Server(_serve_args(spec["serve"], port, pidfile), pidfile, ready_port=port)
+        else:
+            server = _Server(_server_args(port, pidfile, *spec["extra"]), pidfile)
         stats = Stats()
         per_mode = max(1, concurrency // len(modes))
         loads = [LoadGenerator(port, concurrency=per_mode, mode=mode, paths=paths, stats=Stats())

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple
 from urllib.parse import unquote_to_bytes
@@ -32,6 +33,7 @@ log = logging.getLogger("graceful")
 LIFESPAN_FAILED = 3  # exit status when the application's lifespan startup fails
 _HIGH_WATER = 1 << 16  # request body bytes buffered before reading pauses
 _LINGER = 1.0
+_SWEEP = 0.25  # how often timeouts are checked
 _ASGI = {"version": "3.0", "spec_version": "2.3"}
 
 Scope = Dict[str, Any]
@@ -55,6 +57,8 @@ class ASGIServer:
         self.listeners = [upgrader.listen(bind, **listen_options) for bind in binds]
         self.drain = AsyncioDrain(upgrader)
         self.state: Dict[str, Any] = {}  # lifespan state, copied into each request's scope
+        self.protocols: "set[_HttpProtocol]" = set()
+        self.loop: Any = None
 
     def serve(self) -> int:
         """Run the whole lifecycle in a new event loop; returns the exit status."""
@@ -65,13 +69,26 @@ class ASGIServer:
         if not await lifespan.startup():
             self.upgrader.close()
             return LIFESPAN_FAILED
-        loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
         servers = []
         for listener in self.listeners:
-            servers.append(await loop.create_server(
-                self.drain.wrap_protocol(lambda: _HttpProtocol(self)), sock=listener))
-        await self.drain.serve(*servers, after_drain=lifespan.shutdown)
+            servers.append(await self.loop.create_server(lambda: _HttpProtocol(self), sock=listener))
+        sweeper = self.loop.create_task(self._sweep())
+
+        async def after_drain() -> None:
+            sweeper.cancel()
+            await lifespan.shutdown()
+
+        await self.drain.serve(*servers, after_drain=after_drain)
         return 0
+
+    async def _sweep(self) -> None:
+        """Time out slow request heads and idle keep-alive connections (one timer for all)."""
+        while True:
+            await asyncio.sleep(_SWEEP)
+            now = self.loop.time()
+            for protocol in list(self.protocols):
+                protocol.check_timeouts(now)
 
 
 class _Lifespan:
@@ -151,12 +168,13 @@ class _HttpProtocol(asyncio.Protocol):
         self.server = server
         self.drain = server.drain
         self.options = server.options
-        self.loop = asyncio.get_event_loop()
+        self.loop = server.loop
         self.parser = RequestParser(self.options.limits)
         self.transport: Any = None
         self.cycle: Optional[_Cycle] = None
         self.closing = False
-        self.timer: Optional[asyncio.TimerHandle] = None
+        self.idle_since: Optional[float] = None  # loop time: waiting for the next request
+        self.head_since: Optional[float] = None  # loop time: part of a request head is in
         self.write_paused = False
         self.drain_waiters: List["asyncio.Future[None]"] = []
         self.client: Optional[Tuple[str, int]] = None
@@ -168,11 +186,14 @@ class _HttpProtocol(asyncio.Protocol):
         self.transport = transport
         self.client = _host_port(transport.get_extra_info("peername"))
         self.server_addr = _host_port(transport.get_extra_info("sockname"))
+        self.drain.track(transport)
+        self.server.protocols.add(self)
         self._idle()
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
-        self._cancel_timer()
         self.closing = True
+        self.drain.untrack(self.transport)
+        self.server.protocols.discard(self)
         if self.cycle is not None:
             self.cycle.disconnected()
         for waiter in self.drain_waiters:
@@ -184,6 +205,7 @@ class _HttpProtocol(asyncio.Protocol):
             return  # read off while we close: keeps the close free of an RST
         self.parser.feed(data)
         if self.cycle is None:
+            self.idle_since = None
             self.drain.busy(self.transport)
         self._advance()
 
@@ -213,13 +235,14 @@ class _HttpProtocol(asyncio.Protocol):
                 self._refuse(exc)
                 return
             if event is NEED_DATA:
-                if self.cycle is None and self.parser.buffered and self.timer is None:
-                    self._set_timer(self.options.header_timeout, self._head_timeout)
-                if self.cycle is not None and self.cycle.body_buffered() > _HIGH_WATER:
+                if self.cycle is None:
+                    if self.parser.buffered and self.head_since is None:
+                        self.head_since = self.loop.time()
+                elif self.cycle.buffered > _HIGH_WATER:
                     self.transport.pause_reading()
                 return
             if isinstance(event, Request):
-                self._cancel_timer()
+                self.head_since = None
                 self.cycle = _Cycle(self, event)
                 self.cycle.start()
             elif isinstance(event, Body):
@@ -243,42 +266,38 @@ class _HttpProtocol(asyncio.Protocol):
             self.close_gently()
             return
         self.parser.start_next()
-        self.transport.resume_reading()
+        if cycle.paused_reading:
+            self.transport.resume_reading()
         if self.parser.buffered:
             self._advance()
         if self.cycle is None and not self.closing:
             self._idle()
 
     def _idle(self) -> None:
+        self.idle_since = self.loop.time()
         self.drain.idle(self.transport)
-        self._set_timer(self.options.keepalive_timeout, self.close_gently)
 
-    def _head_timeout(self) -> None:
-        self.timer = None
-        if self.cycle is None and not self.closing:
-            self.transport.write(http11.error_response(408))
+    def check_timeouts(self, now: float) -> None:
+        """Called by the server's sweep: slow-loris heads and idle keep-alive connections."""
+        if self.closing or self.cycle is not None:
+            return
+        if self.head_since is not None:
+            if now - self.head_since > self.options.header_timeout:
+                self.transport.write(http11.error_response(408))
+                self.close_gently()
+        elif self.idle_since is not None and now - self.idle_since > self.options.keepalive_timeout:
             self.close_gently()
-
-    def _set_timer(self, delay: float, callback: Callable[[], None]) -> None:
-        self._cancel_timer()
-        self.timer = self.loop.call_later(delay, callback)
-
-    def _cancel_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
 
     def close_gently(self) -> None:
         """Half-close, give the client a moment to finish, then close (no RST)."""
         if self.closing:
             return
         self.closing = True
-        self._cancel_timer()
         transport = self.transport
         transport.resume_reading()
         if transport.can_write_eof():
             transport.write_eof()
-            self.timer = self.loop.call_later(_LINGER, transport.close)
+            self.loop.call_later(_LINGER, transport.close)
         else:
             transport.close()
 
@@ -297,10 +316,11 @@ class _Cycle:
         self.request = request
         self.chunks: List[bytes] = []
         self.buffered = 0
-        self.body_complete = False
+        self.paused_reading = False
+        self.body_complete = not request.has_body
         self.final_sent = False  # the last http.request message was delivered
-        self.body_event = asyncio.Event()
-        self.disconnect_event = asyncio.Event()
+        self.gone = False  # the client disconnected, or the response is complete
+        self.waiter: Optional["asyncio.Future[None]"] = None
         self.continue_pending = request.expect_continue
         self.response_started = False
         self.response_complete = False
@@ -316,31 +336,38 @@ class _Cycle:
     def start(self) -> None:
         request = self.request
         ready_path = self.protocol.options.ready_path
+        loop = self.protocol.loop
+        # Answered from the loop, not from inside the parser's event loop in _advance.
         if ready_path is not None and request.path == ready_path:
-            self._answer_readiness()
-            return
-        if _wants_websocket(request):
-            self._simple(404, b"WebSocket is not supported by this server\n", close=True)
-            return
-        asyncio.ensure_future(self._run())
+            loop.call_soon(self._answer_readiness)
+        elif _wants_websocket(request):
+            loop.call_soon(self._simple, 404, b"WebSocket is not supported by this server\n", True)
+        else:
+            loop.create_task(self._run())
 
     # -- the body, from the protocol ------------------------------------------------------------
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
 
     def body(self, data: bytes) -> None:
         self.chunks.append(data)
         self.buffered += len(data)
-        self.body_event.set()
-
-    def body_buffered(self) -> int:
-        return self.buffered
+        if self.buffered > _HIGH_WATER:
+            self.paused_reading = True
+        self._wake()
 
     def end_of_body(self) -> None:
         self.body_complete = True
-        self.body_event.set()
+        self._wake()
 
     def disconnected(self) -> None:
-        self.disconnect_event.set()
-        self.body_event.set()
+        self.gone = True
+        self._wake()
 
     # -- the ASGI side --------------------------------------------------------------------------
 
@@ -349,18 +376,18 @@ class _Cycle:
         protocol = self.protocol
         return {
             "type": "http",
-            "asgi": dict(_ASGI),
-            "http_version": request.version.decode(),
+            "asgi": _ASGI,
+            "http_version": "1.1" if request.version == b"1.1" else "1.0",
             "method": request.method.decode("latin-1"),
             "scheme": protocol.options.url_scheme,
             "path": unquote_to_bytes(request.path).decode("utf-8", "surrogateescape"),
             "raw_path": request.path,
             "query_string": request.query,
             "root_path": "",
-            "headers": [[name, value] for name, value in request.headers],
+            "headers": request.headers,
             "client": protocol.client,
             "server": protocol.server_addr,
-            "state": dict(protocol.server.state),
+            "state": protocol.server.state.copy(),
         }
 
     async def _run(self) -> None:
@@ -382,64 +409,65 @@ class _Cycle:
             self.keep_alive = False
             self._finish()
 
+    async def _wait(self) -> None:
+        self.waiter = self.protocol.loop.create_future()
+        await self.waiter
+
     async def receive(self) -> Message:
         if self.continue_pending and not self.body_complete:
             self.continue_pending = False
             self.protocol.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        while not self.chunks and not self.body_complete and not self.disconnect_event.is_set():
-            self.body_event.clear()
-            await self.body_event.wait()
-        if self.chunks or (self.body_complete and not self.final_sent and
-                           not self.disconnect_event.is_set()):
-            data = b"".join(self.chunks)
-            self.chunks.clear()
+        while not self.chunks and not self.body_complete and not self.gone:
+            await self._wait()
+        if self.chunks or (self.body_complete and not self.final_sent and not self.gone):
+            data = b"".join(self.chunks) if len(self.chunks) != 1 else self.chunks[0]
+            self.chunks = []
             self.buffered = 0
-            if not self.protocol.closing:
+            if self.paused_reading and not self.protocol.closing:
+                self.paused_reading = False
                 self.protocol.transport.resume_reading()
             more = not self.body_complete
             if not more:
                 self.final_sent = True
             return {"type": "http.request", "body": data, "more_body": more}
         # The body was delivered (or the client left): wait for the disconnect.
-        await self.disconnect_event.wait()
+        while not self.gone:
+            await self._wait()
         return {"type": "http.disconnect"}
 
     async def send(self, message: Message) -> None:
-        kind = message.get("type")
-        if kind == "http.response.start":
-            if self.response_started:
-                raise RuntimeError("http.response.start sent twice")
-            self._start(message)
-        elif kind == "http.response.body":
+        kind = message["type"]
+        if kind == "http.response.body":
             if not self.response_started:
                 raise RuntimeError("http.response.body before http.response.start")
             if self.response_complete:
                 return
-            body = message.get("body", b"")
             more = message.get("more_body", False)
-            self._body(bytes(body), more)
+            self._body(message.get("body", b""), more)
             if more:
                 await self.protocol.wait_writable()
+        elif kind == "http.response.start":
+            if self.response_started:
+                raise RuntimeError("http.response.start sent twice")
+            self._start(message)
         else:
             raise RuntimeError(f"unexpected ASGI message type {kind!r} for an HTTP scope")
 
     def _start(self, message: Message) -> None:
-        status = int(message["status"])
         headers: List[Tuple[bytes, bytes]] = []
         for name, value in message.get("headers", ()):
-            name, value = bytes(name), bytes(value)
-            if not http11.is_valid_header(name, value):
-                raise RuntimeError(f"invalid response header {name!r}: {value!r}")
-            lower = name.lower()
+            lower = _checked_name(name)
+            if _BAD_VALUE(value):
+                raise RuntimeError(f"invalid response header value {value!r} for {name!r}")
             if lower == b"content-length":
                 if not value.strip().isdigit():
                     raise RuntimeError(f"invalid content-length {value!r}")
                 self.length = int(value)
                 continue  # sent once, by _build_head
-            elif lower in (b"connection", b"transfer-encoding", b"keep-alive"):
-                continue
+            if lower in _HOP_BY_HOP:
+                continue  # the server decides framing and persistence
             headers.append((name, value))
-        self.status = status
+        self.status = int(message["status"])
         self.headers = headers
         self.response_started = True
 
@@ -498,7 +526,7 @@ class _Cycle:
             self._body(b"", more=False)  # nothing was sent yet: a complete empty response
             return
         self.response_complete = True
-        self.disconnect_event.set()  # a receive() after the response reports the disconnect
+        self.disconnected()  # a receive() after the response reports the disconnect
         self._log()
         keep = self.keep_alive and (self.length is None or self.sent == self.length or
                                     http11.no_body_expected(self.request.method, self.status))
@@ -527,6 +555,25 @@ class _Cycle:
         access_log(f'{remote} - - [{when}] "{request.method.decode("latin-1")} '
                    f'{request.target.decode("latin-1")} HTTP/{request.version.decode()}" '
                    f'{self.status} {self.sent}')
+
+
+_HOP_BY_HOP = frozenset((b"connection", b"transfer-encoding", b"keep-alive"))
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]").search
+_valid_names: Dict[bytes, bytes] = {}
+
+
+def _checked_name(name: bytes) -> bytes:
+    """The lower-cased header name, if it is a valid token (remembered: names repeat)."""
+    if type(name) is not bytes:
+        name = bytes(name)
+    lower = _valid_names.get(name)
+    if lower is None:
+        if not http11.is_valid_header(name, b""):
+            raise RuntimeError(f"invalid response header name {name!r}")
+        lower = name.lower()
+        if len(_valid_names) < 1024:
+            _valid_names[name] = lower
+    return lower
 
 
 def _wants_websocket(request: Request) -> bool:

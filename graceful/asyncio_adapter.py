@@ -73,6 +73,14 @@ class AsyncioDrain:
         """Wrap a ``create_server`` protocol factory so its connections are tracked."""
         return lambda: _TrackedProtocol(factory(), self)
 
+    def track(self, transport: asyncio.BaseTransport) -> None:
+        """Count a connection of a protocol of your own (``wrap_protocol`` does this for you)."""
+        _no_delay(transport)
+        self._connections[transport] = _Connection(transport, None)
+
+    def untrack(self, transport: asyncio.BaseTransport) -> None:
+        self._connections.pop(transport, None)
+
     def idle(self, conn: Any) -> None:
         """Mark a connection (writer or transport) idle: waiting for the client's next request."""
         tracked = self._connections.get(_transport(conn))

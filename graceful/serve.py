@@ -122,6 +122,11 @@ def run(args: Any) -> int:
     from ._options import ServerOptions
     from .upgrader import Upgrader
 
+    from .addresses import parse_bind
+
+    binds: List[str] = args.bind or ["web=127.0.0.1:8000"]
+    for bind in binds:
+        parse_bind(bind)  # a typo in --bind is reported before anything starts
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s [%(process)d] %(levelname)s %(message)s")
     access_log = AccessLog(args.access_log) if args.access_log else None
@@ -140,7 +145,6 @@ def run(args: Any) -> int:
                             keepalive_timeout=args.keepalive_timeout,
                             body_timeout=args.body_timeout, ready_path=args.ready_path,
                             access_log=access_log)
-    binds: List[str] = args.bind or ["web=127.0.0.1:8000"]
     listen_options = {"reuse_port": True} if args.reuse_port else {}
     log.info("serving %s (%s) on %s", args.app, interface.upper(), ", ".join(binds))
     if interface == "asgi":

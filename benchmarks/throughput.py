@@ -1,0 +1,259 @@
+"""Requests per second and latency for hello-world WSGI and ASGI apps, side by side.
+
+    python benchmarks/throughput.py                 # every server that is importable
+    python benchmarks/throughput.py --duration 10 --connections 32 --idle 10000
+
+Servers: graceful serve (WSGI and ASGI), Python's http.server.ThreadingHTTPServer, and, when
+they are importable here, gunicorn (sync, gthread), waitress and uvicorn (h11 and httptools,
+on the stdlib asyncio loop). None of them is a dependency; a missing one is reported as "not
+installed". One process each. Load comes from wrk (1 thread) when it is on PATH, else from
+graceful's own asyncio load generator.
+
+The idle test opens N keep-alive connections to each graceful server, leaves them idle, and
+reports the added RSS and threads, then sends SIGQUIT and times how long the drain takes to
+close them all. Results go to benchmarks/results/throughput.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+from graceful._loadgen import LoadGenerator, Stats  # noqa: E402
+
+PY = sys.executable
+
+
+def _servers(port: int) -> Dict[str, dict]:
+    bind = f"127.0.0.1:{port}"
+    serve = [PY, "-m", "graceful", "serve", "--bind", f"web={bind}", "--log-level", "warning"]
+    return {
+        "graceful WSGI": {"cmd": serve + ["apps.py:wsgi"], "kind": "wsgi"},
+        "graceful ASGI": {"cmd": serve + ["apps.py:asgi"], "kind": "asgi"},
+        "http.server ThreadingHTTPServer": {
+            "cmd": [PY, os.path.join(HERE, "stdlib_server.py"), str(port)], "kind": "wsgi"},
+        "gunicorn sync": {"module": "gunicorn", "kind": "wsgi",
+                          "cmd": [PY, "-m", "gunicorn", "-k", "sync", "-w", "1", "-b", bind,
+                                  "apps:wsgi"]},
+        "gunicorn gthread (4 threads)": {
+            "module": "gunicorn", "kind": "wsgi",
+            "cmd": [PY, "-m", "gunicorn", "-k", "gthread", "--threads", "4", "-w", "1", "-b",
+                    bind, "apps:wsgi"]},
+        "waitress (4 threads)": {"module": "waitress", "kind": "wsgi",
+                                 "cmd": [PY, "-m", "waitress", f"--listen={bind}", "--threads=4",
+                                         "apps:wsgi"]},
+        "uvicorn h11": {"module": "uvicorn", "kind": "asgi",
+                        "cmd": [PY, "-m", "uvicorn", "--loop", "asyncio", "--http", "h11",
+                                "--port", str(port), "--log-level", "warning", "apps:asgi"]},
+        "uvicorn httptools": {"module": "httptools", "kind": "asgi",
+                              "cmd": [PY, "-m", "uvicorn", "--loop", "asyncio", "--http",
+                                      "httptools", "--port", str(port), "--log-level",
+                                      "warning", "apps:asgi"]},
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
+            return s.recv(12).startswith(b"HTTP/1.1 200")
+    except OSError:
+        return False
+
+
+def _start(cmd: List[str], port: int) -> subprocess.Popen:
+    proc = subprocess.Popen(cmd, cwd=HERE, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and proc.poll() is None:
+        if _answers(port):
+            return proc
+        time.sleep(0.05)  # poll interval of a bounded start-up wait
+    _stop(proc)
+    raise RuntimeError(f"did not start: {' '.join(cmd)}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(30)
+
+
+def _wrk(port: int, duration: float, connections: int) -> dict:
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency",
+                          f"http://127.0.0.1:{port}/"], capture_output=True, text=True,
+                         timeout=duration + 60).stdout
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+
+    def percentile(p: str) -> Optional[float]:
+        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        if not m:
+            return None
+        scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+        return round(float(m.group(1)) * scale, 3)
+
+    return {"rps": round(rate), "p50_ms": percentile("50"), "p99_ms": percentile("99"),
+            "errors": (int(errors.group(1)) if errors else 0),
+            "socket_errors": socket_errors.group(1) if socket_errors else ""}
+
+
+def _loadgen(port: int, duration: float, connections: int) -> dict:
+    import asyncio
+
+    stats = asyncio.run(LoadGenerator(port, concurrency=connections, mode="keepalive",
+                                      paths=("/",), stats=Stats()).run(duration))
+    d = stats.to_dict()
+    return {"rps": round(d["total"] / duration), "p50_ms": d["latency_ms"]["p50"],
+            "p99_ms": d["latency_ms"]["p99"], "errors": d["failed"], "socket_errors": ""}
+
+
+def _status(pid: int) -> Dict[str, int]:
+    fields = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            name, _, value = line.partition(":")
+            if name in ("VmRSS", "Threads"):
+                fields[name] = int(value.split()[0])
+    return fields
+
+
+def _idle_test(cmd: List[str], port: int, count: int) -> dict:
+    """Open ``count`` idle keep-alive connections, measure, then time the drain."""
+    proc = _start(cmd + ["--keepalive-timeout", "600"], port)
+    try:
+        before = _status(proc.pid)
+        conns = []
+        request = b"GET / HTTP/1.1\r\nHost: b\r\n\r\n"
+        for start in range(0, count, 500):  # in batches: the accept queue is finite
+            batch = [socket.create_connection(("127.0.0.1", port), timeout=30)
+                     for _ in range(min(500, count - start))]
+            for s in batch:
+                s.sendall(request)
+            for s in batch:
+                if not s.recv(4096).startswith(b"HTTP/1.1 200"):
+                    raise RuntimeError("a connection of the idle test got no 200")
+            conns += batch
+        after = _status(proc.pid)
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGQUIT)
+        closed = 0
+        for s in conns:
+            s.settimeout(30)
+            try:
+                closed += s.recv(1) == b""
+            except OSError:
+                pass
+        all_closed = time.monotonic() - signalled
+        proc.wait(60)
+        exited = time.monotonic() - signalled
+        for s in conns:
+            s.close()
+        return {"connections": count, "rss_added_mb": round((after["VmRSS"] - before["VmRSS"]) / 1024, 1),
+                "threads_before": before["Threads"], "threads_after": after["Threads"],
+                "closed_cleanly": closed, "drain_all_closed_s": round(all_closed, 3),
+                "drain_exit_s": round(exited, 3)}
+    finally:
+        _stop(proc)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per server (10)")
+    parser.add_argument("--connections", type=int, default=32, help="concurrent clients (32)")
+    parser.add_argument("--idle", type=int, default=10000,
+                        help="idle keep-alive connections for the idle test (0 to skip)")
+    parser.add_argument("--only", action="append", help="run only servers whose name contains this")
+    parser.add_argument("--json", default=os.path.join(HERE, "results", "throughput.json"))
+    args = parser.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard, max(soft, 2 * args.idle + 1024))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))  # the servers inherit it
+    tool = "wrk" if shutil.which("wrk") else "graceful._loadgen"
+    print(f"load: {tool}, {args.connections} keep-alive connections, {args.duration:g}s per "
+          f"server", file=sys.stderr)
+    results: Dict[str, dict] = {}
+    for name, spec in _servers(_free_port()).items():
+        if args.only and not any(o.lower() in name.lower() for o in args.only):
+            continue
+        if "module" in spec and importlib.util.find_spec(spec["module"]) is None:
+            results[name] = {"kind": spec["kind"], "status": "not installed"}
+            print(f"{name}: not installed", file=sys.stderr)
+            continue
+        port = _free_port()
+        spec = _servers(port)[name]
+        proc = _start(spec["cmd"], port)
+        try:
+            measure = _wrk if tool == "wrk" else _loadgen
+            results[name] = {"kind": spec["kind"], "status": "ok",
+                             **measure(port, args.duration, args.connections)}
+        finally:
+            _stop(proc)
+        print(f"{name}: {results[name]['rps']} req/s", file=sys.stderr)
+    idle = {}
+    if args.idle:
+        for name in ("graceful WSGI", "graceful ASGI"):
+            if args.only and not any(o.lower() in name.lower() for o in args.only):
+                continue
+            port = _free_port()
+            idle[name] = _idle_test(_servers(port)[name]["cmd"], port, args.idle)
+            print(f"{name} idle: {idle[name]}", file=sys.stderr)
+    print(_table(results, idle))
+    os.makedirs(os.path.dirname(args.json), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump({"load": tool, "connections": args.connections, "duration": args.duration,
+                   "python": sys.version.split()[0], "servers": results, "idle": idle}, f, indent=2)
+    print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+def _table(results: Dict[str, dict], idle: Dict[str, dict]) -> str:
+    lines = [f"{'server':34} {'req/s':>8} {'p50':>9} {'p99':>9}  ratio"]
+    for kind in ("wsgi", "asgi"):
+        ours = results.get(f"graceful {kind.upper()}", {}).get("rps")
+        for name, r in results.items():
+            if r["kind"] != kind:
+                continue
+            if r["status"] != "ok":
+                lines.append(f"{name:34} {'not installed':>8}")
+                continue
+            ratio = f"{ours / r['rps']:.2f}x" if ours and not name.startswith("graceful") else ""
+            lines.append(f"{name:34} {r['rps']:>8} {_ms(r['p50_ms']):>9} {_ms(r['p99_ms']):>9}  "
+                         f"{ratio}")
+    for name, r in idle.items():
+        lines.append(f"{name}, {r['connections']} idle keep-alive connections: "
+                     f"+{r['rss_added_mb']} MB RSS, threads {r['threads_before']} -> "
+                     f"{r['threads_after']}, all closed {r['drain_all_closed_s']} s after "
+                     f"SIGQUIT ({r['closed_cleanly']} with a clean FIN)")
+    return "\n".join(lines)
+
+
+def _ms(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.2f} ms"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
