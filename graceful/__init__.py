@@ -67,3 +67,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .asyncio_adapter import AsyncioDrain
     from .drain import Lifecycle
     from .upgrader import Upgrader, UpgradeError
+    from .wsgi import WSGIServer
+    from .asgi import ASGIServer
+    from ._options import ServerOptions
+    from .http11 import Limits

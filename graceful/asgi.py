@@ -327,11 +327,12 @@ class _Cycle:
         self.headers: List[Tuple[bytes, bytes]] = []
         self.head: Optional[bytes] = None  # built with the first body, to send both at once
         self.status = 0
+        self.no_body = False  # HEAD, 1xx, 204, 304: no body whatever the headers say
         self.chunked = False
         self.length: Optional[int] = None
         self.sent = 0
         self.keep_alive = request.keep_alive
-        self.started = time.time()
+        self.started = time.time() if protocol.options.access_log else 0.0
 
     def start(self) -> None:
         request = self.request
@@ -468,13 +469,14 @@ class _Cycle:
                 continue  # the server decides framing and persistence
             headers.append((name, value))
         self.status = int(message["status"])
+        self.no_body = http11.no_body_expected(self.request.method, self.status)
         self.headers = headers
         self.response_started = True
 
     def _build_head(self, first_body: Optional[int]) -> bytes:
         request = self.request
         headers = self.headers
-        no_body = http11.no_body_expected(request.method, self.status)
+        no_body = self.no_body
         if self.length is not None:
             headers.append((b"content-length", str(self.length).encode()))
         elif not no_body:
@@ -493,15 +495,14 @@ class _Cycle:
         elif request.version == b"1.0":
             headers.append((b"connection", b"keep-alive"))
         headers.append((b"date", http11.http_date()))
-        reason = http11.REASONS.get(self.status, "").encode()
-        return http11.response_head(b"%d %s" % (self.status, reason), headers)
+        return http11.response_head(http11.status_line(self.status), headers)
 
     def _body(self, data: bytes, more: bool) -> None:
         out = b""
         if not self.sent and self.head is None:
             self.head = self._build_head(None if more else len(data))
             out = self.head
-        if http11.no_body_expected(self.request.method, self.status):
+        if self.no_body:
             data = b""
         elif self.length is not None and self.sent + len(data) > self.length:
             data = data[:self.length - self.sent]
@@ -529,12 +530,13 @@ class _Cycle:
         self.disconnected()  # a receive() after the response reports the disconnect
         self._log()
         keep = self.keep_alive and (self.length is None or self.sent == self.length or
-                                    http11.no_body_expected(self.request.method, self.status))
+                                    self.no_body)
         self.protocol.cycle_done(keep)
 
     def _simple(self, status: int, body: bytes, close: bool = False) -> None:
         self.response_started = True
         self.status = status
+        self.no_body = http11.no_body_expected(self.request.method, status)
         self.headers = [(b"content-type", b"text/plain; charset=utf-8")]
         self.head = None
         if close:
@@ -577,10 +579,7 @@ def _checked_name(name: bytes) -> bytes:
 
 
 def _wants_websocket(request: Request) -> bool:
-    for name, value in request.headers:
-        if name == b"upgrade" and value.lower() == b"websocket":
-            return True
-    return False
+    return request.upgrade == b"websocket"
 
 
 def _host_port(address: Any) -> Optional[Tuple[str, int]]:

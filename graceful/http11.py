@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 import time
-from typing import List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 __all__ = ["Limits", "HTTPError", "Request", "Body", "EndOfMessage", "NEED_DATA",
            "RequestParser", "response_head", "REASONS"]
@@ -55,7 +55,7 @@ class Request:
     """A parsed request head."""
 
     __slots__ = ("method", "target", "path", "query", "version", "headers", "keep_alive",
-                 "expect_continue", "content_length", "chunked")
+                 "expect_continue", "content_length", "chunked", "upgrade")
 
     def __init__(self, method: bytes, target: bytes, path: bytes, query: bytes, version: bytes,
                  headers: Headers, keep_alive: bool, expect_continue: bool,
@@ -70,6 +70,7 @@ class Request:
         self.expect_continue = expect_continue
         self.content_length = content_length  # None when chunked or no body
         self.chunked = chunked
+        self.upgrade: Optional[bytes] = None  # the Upgrade header, lower-cased, if any
 
     @property
     def has_body(self) -> bool:
@@ -114,6 +115,10 @@ _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _TARGET = re.compile(rb"[\x21-\x7e\x80-\xff]+")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 _DIGITS = re.compile(rb"[0-9]{1,18}")
+
+# Bytes never allowed in a request head (CR and LF are checked as line ends; tab is allowed).
+_BAD_HEAD_BYTE = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]").search
+_COMMON_METHODS = frozenset((b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS"))
 
 _HEAD, _BODY_LENGTH, _BODY_CHUNKED, _DONE = range(4)
 _MAX_CHUNK_LINE = 4096
@@ -283,7 +288,7 @@ def _parse_request_head(head: bytes, limits: Limits) -> Request:
     if len(parts) != 3:
         raise HTTPError(400, f"malformed request line {request_line[:100]!r}")
     method, target, version_text = parts
-    if not _TOKEN.fullmatch(method):
+    if method not in _COMMON_METHODS and not _TOKEN.fullmatch(method):
         raise HTTPError(400, f"bad method {method[:40]!r}")
     if not _TARGET.fullmatch(target):
         raise HTTPError(400, f"bad request target {target[:100]!r}")
@@ -299,28 +304,40 @@ def _parse_request_head(head: bytes, limits: Limits) -> Request:
         raise HTTPError(431, f"more than {limits.max_headers} header fields")
     if len(head) - len(request_line) > limits.max_header_bytes:
         raise HTTPError(431, "request header fields too large")
-    headers = _parse_fields(lines[1:], limits)
+    if _BAD_HEAD_BYTE(head):
+        raise HTTPError(400, "control character in the request head")
+    headers = _parse_fields(lines[1:], limits, checked=True)
     if method == b"CONNECT":
         raise HTTPError(501, "CONNECT is not supported")
     path, query = _split_target(target, method)
     return _frame(method, target, path, query, version, headers, limits)
 
 
-def _parse_fields(lines: List[bytes], limits: Limits) -> Headers:
+def _parse_fields(lines: List[bytes], limits: Limits, checked: bool = False) -> Headers:
+    """Header (or trailer) lines; ``checked``: the caller already refused control bytes."""
     if len(lines) > limits.max_headers:
         raise HTTPError(431, f"more than {limits.max_headers} header fields")
     headers: Headers = []
+    names = _known_names
     for line in lines:
         if line[:1] in (b" ", b"\t"):
             raise HTTPError(400, "obsolete line folding in a header")
         name, colon, value = line.partition(b":")
-        if not colon or not _TOKEN.fullmatch(name):
-            raise HTTPError(400, f"malformed header line {line[:100]!r}")
+        lower = names.get(name)
+        if lower is None:
+            if not colon or not _TOKEN.fullmatch(name):
+                raise HTTPError(400, f"malformed header line {line[:100]!r}")
+            lower = name.lower()
+            if len(names) < 4096:  # names repeat from request to request: remember valid ones
+                names[name] = lower
         value = value.strip(b" \t")
-        if _BAD_VALUE.search(value):
+        if not checked and _BAD_VALUE.search(value):
             raise HTTPError(400, f"control character in header {name[:40]!r}")
-        headers.append((name.lower(), value))
+        headers.append((lower, value))
     return headers
+
+
+_known_names: Dict[bytes, bytes] = {}
 
 
 def _split_target(target: bytes, method: bytes) -> Tuple[bytes, bytes]:
@@ -346,6 +363,7 @@ def _frame(method: bytes, target: bytes, path: bytes, query: bytes, version: byt
     transfer_encoding: Optional[bytes] = None
     connection = b""
     expect: Optional[bytes] = None
+    upgrade: Optional[bytes] = None
     hosts = 0
     for name, value in headers:
         if name == b"content-length":
@@ -365,6 +383,8 @@ def _frame(method: bytes, target: bytes, path: bytes, query: bytes, version: byt
             hosts += 1
         elif name == b"expect":
             expect = value.lower()
+        elif name == b"upgrade":
+            upgrade = value.lower()
     chunked = False
     if transfer_encoding is not None:
         if content_length is not None:
@@ -386,8 +406,10 @@ def _frame(method: bytes, target: bytes, path: bytes, query: bytes, version: byt
         if expect != b"100-continue":
             raise HTTPError(417, f"unsupported Expect {expect[:40]!r}")
         expect_continue = version == b"1.1" and (chunked or bool(content_length))
-    return Request(method, target, path, query, version, headers, keep_alive, expect_continue,
-                   content_length, chunked)
+    request = Request(method, target, path, query, version, headers, keep_alive, expect_continue,
+                      content_length, chunked)
+    request.upgrade = upgrade
+    return request
 
 
 # -- responses ----------------------------------------------------------------------------------
@@ -413,6 +435,19 @@ def response_head(status_line: bytes, headers: Headers) -> bytes:
         parts += (name, b": ", value, b"\r\n")
     parts.append(b"\r\n")
     return b"".join(parts)
+
+
+_status_lines: Dict[int, bytes] = {}
+
+
+def status_line(status: int) -> bytes:
+    """``b"200 OK"`` for 200 (remembered)."""
+    line = _status_lines.get(status)
+    if line is None:
+        line = b"%d %s" % (status, REASONS.get(status, "").encode())
+        if len(_status_lines) < 1000:
+            _status_lines[status] = line
+    return line
 
 
 def error_response(status: int, keep_alive: bool = False) -> bytes:

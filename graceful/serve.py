@@ -120,6 +120,7 @@ class AccessLog:
 def run(args: Any) -> int:
     """The body of ``graceful serve`` (``args`` from the CLI parser)."""
     from ._options import ServerOptions
+    from .http11 import Limits
     from .upgrader import Upgrader
 
     from .addresses import parse_bind
@@ -144,7 +145,10 @@ def run(args: Any) -> int:
     options = ServerOptions(header_timeout=args.header_timeout,
                             keepalive_timeout=args.keepalive_timeout,
                             body_timeout=args.body_timeout, ready_path=args.ready_path,
-                            access_log=access_log)
+                            access_log=access_log,
+                            limits=Limits(max_request_line=args.max_request_line,
+                                          max_header_bytes=args.max_header_bytes,
+                                          max_headers=args.max_headers, max_body=args.max_body))
     listen_options = {"reuse_port": True} if args.reuse_port else {}
     log.info("serving %s (%s) on %s", args.app, interface.upper(), ", ".join(binds))
     if interface == "asgi":
@@ -186,6 +190,14 @@ def add_arguments(parser: Any) -> None:
                         help="seconds an idle keep-alive connection stays open (5)")
     parser.add_argument("--body-timeout", type=_seconds, default=30.0,
                         help="seconds to wait for the next piece of a request body (30)")
+    parser.add_argument("--max-request-line", type=_positive_int, default=8190,
+                        help="longest request line in bytes, else 414 (8190)")
+    parser.add_argument("--max-header-bytes", type=_positive_int, default=65536,
+                        help="most header bytes in a request, else 431 (65536)")
+    parser.add_argument("--max-headers", type=_positive_int, default=100,
+                        help="most header fields in a request, else 431 (100)")
+    parser.add_argument("--max-body", type=_positive_int, default=None,
+                        help="largest request body in bytes, else 413 (no limit)")
     parser.add_argument("--access-log", metavar="FILE",
                         help="Common Log Format to FILE, or - for stderr; reopened on SIGUSR1")
     parser.add_argument("--log-level", default="info",

@@ -380,5 +380,5 @@ def _draining(server: Server) -> bool:
     try:
         socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
         return False
-    except ConnectionRefusedError:
+    except (ConnectionRefusedError, ConnectionResetError):
         return True

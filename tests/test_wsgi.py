@@ -112,6 +112,17 @@ def test_bad_requests_get_their_status_and_a_close(procs, tmp_path, request_byte
     assert Client(served.connect()).request("GET", "/hello").status == 200  # the server is fine
 
 
+def test_body_limit_gives_413(procs, tmp_path):
+    served = Served(procs, tmp_path, "wsgi_app.py:app", "--max-body", "1000")
+    client = Client(served.connect())
+    assert client.request("POST", "/echo", b"x" * 1000).body == b"x" * 1000
+    r = client.request("POST", "/echo", b"x" * 1001)
+    assert r.status == 413 and r.headers["connection"] == "close"
+    client = Client(served.connect())
+    r = client.request("POST", "/echo", chunks=[b"x" * 600, b"y" * 600])
+    assert r.status == 413
+
+
 def test_slow_loris_gets_408_and_idle_keepalive_is_closed(procs, tmp_path):
     served = Served(procs, tmp_path, "wsgi_app.py:app", "--header-timeout", "1",
                     "--keepalive-timeout", "1")
