@@ -1,4 +1,5 @@
-"""The WSGI server over real sockets: a PEP 3333 validated matrix, bad input, drain, upgrade."""
+"""The WSGI server over real sockets: a PEP 3333 validated matrix, bad input (for the ASGI
+server too), drain, upgrade."""
 
 from __future__ import annotations
 
@@ -102,8 +103,9 @@ def test_environ_over_tcp_and_unix(procs, tmp_path):
     (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: t\r\n\r\n", 414),
     (b"GET /hello HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
 ])
-def test_bad_requests_get_their_status_and_a_close(procs, tmp_path, request_bytes, status):
-    served = Served(procs, tmp_path, "wsgi_app.py:app")
+@pytest.mark.parametrize("app", ["wsgi_app.py:app", "asgi_app.py:app"])
+def test_bad_requests_get_their_status_and_a_close(procs, tmp_path, request_bytes, status, app):
+    served = Served(procs, tmp_path, app)
     client = Client(served.connect())
     client.send(request_bytes)
     r = client.response()
@@ -123,9 +125,9 @@ def test_body_limit_gives_413(procs, tmp_path):
     assert r.status == 413
 
 
-def test_slow_loris_gets_408_and_idle_keepalive_is_closed(procs, tmp_path):
-    served = Served(procs, tmp_path, "wsgi_app.py:app", "--header-timeout", "1",
-                    "--keepalive-timeout", "1")
+@pytest.mark.parametrize("app", ["wsgi_app.py:app", "asgi_app.py:app"])
+def test_slow_loris_gets_408_and_idle_keepalive_is_closed(procs, tmp_path, app):
+    served = Served(procs, tmp_path, app, "--header-timeout", "1", "--keepalive-timeout", "1")
     loris = Client(served.connect())
     loris.send(b"GET /hello HTTP/1.1\r\nHost: t\r\n")  # and never the blank line
     idle = Client(served.connect())
@@ -176,3 +178,17 @@ def test_sighup_upgrades_under_load_lose_nothing(procs, tmp_path):
     wait_for(lambda: (reap_orphans(), process_state(pid) in (None, "Z"))[1], 30)
     assert children_of(os.getpid()) == [] or all(process_state(p) in (None, "Z")
                                                  for p in children_of(os.getpid()))
+
+
+def test_access_log_is_reopened_on_sigusr1(procs, tmp_path):
+    log = tmp_path / "access.log"
+    served = Served(procs, tmp_path, "wsgi_app.py:app", "--access-log", str(log))
+    client = Client(served.connect())
+    client.request("GET", "/hello?a=1")
+    wait_for(lambda: log.exists() and '"GET /hello?a=1 HTTP/1.1" 200 6' in log.read_text())
+    log.rename(tmp_path / "access.log.1")  # what logrotate does
+    served.proc.send_signal(signal.SIGUSR1)
+    wait_for(lambda: log.exists(), what="the access log to be reopened")
+    client.request("GET", "/hello?b=2")
+    wait_for(lambda: '"GET /hello?b=2 HTTP/1.1" 200 6' in log.read_text())
+    assert "b=2" not in (tmp_path / "access.log.1").read_text()
