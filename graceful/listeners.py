@@ -214,13 +214,11 @@ class Listeners:
         env = os.environ if environ is None else environ
         try:
             ours = _from_graceful_env(env.get(ENV_FDS))
-            systemd = _from_systemd_env(env)
+            # A graceful master sets both for its workers (a worker may read either): an fd
+            # listed in both is one listener, named as GRACEFUL_FDS names it.
+            named = {fd for _, fd, _ in ours}
+            systemd = [entry for entry in _from_systemd_env(env) if entry[1] not in named]
             inherited = ours + systemd
-            fds = [fd for _, fd, _ in inherited]
-            duplicate = next((fd for fd in fds if fds.count(fd) > 1), None)
-            if duplicate is not None:
-                raise ListenerError(f"fd {duplicate} is listed both in {ENV_FDS} and by systemd "
-                                    f"(LISTEN_FDS); unset one of them")
             adopted = []
             try:
                 for name, fd, source in inherited:

@@ -162,6 +162,44 @@ def run(args: Any) -> int:
                       **listen_options).serve()
 
 
+def run_workers(args: Any) -> int:
+    """``graceful serve --workers N``: a master with a stable pid over N serving processes."""
+    import signal
+    import sys
+
+    from .addresses import parse_bind
+    from .master import Master
+
+    binds: List[str] = args.bind or ["web=127.0.0.1:8000"]
+    for bind in binds:
+        parse_bind(bind)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s [%(process)d] %(levelname)s %(message)s")
+    worker = [sys.executable, "-m", "graceful", "serve", args.app]
+    for bind in binds:
+        worker += ["--bind", bind]
+    worker += ["--interface", args.interface, "--threads", str(args.threads),
+               "--lifespan", args.lifespan, "--graceful-timeout", str(args.graceful_timeout),
+               "--header-timeout", str(args.header_timeout),
+               "--keepalive-timeout", str(args.keepalive_timeout),
+               "--body-timeout", str(args.body_timeout),
+               "--max-request-line", str(args.max_request_line),
+               "--max-header-bytes", str(args.max_header_bytes),
+               "--max-headers", str(args.max_headers), "--log-level", args.log_level]
+    if args.max_body is not None:
+        worker += ["--max-body", str(args.max_body)]
+    if args.ready_path:
+        worker += ["--ready-path", args.ready_path]
+    if args.access_log:
+        worker += ["--access-log", args.access_log]
+    master = Master(worker, binds=binds, workers=args.workers, ready="fd",
+                    stop_signal=signal.SIGQUIT, pidfile=args.pidfile,
+                    ready_timeout=args.ready_timeout, graceful_timeout=args.graceful_timeout,
+                    shutdown_delay=args.shutdown_delay,
+                    reuse_port=args.reuse_port)
+    return master.run()
+
+
 def add_arguments(parser: Any) -> None:
     """The options of ``graceful serve``."""
     parser.add_argument("app", metavar="APP",

@@ -1,0 +1,616 @@
+"""Master mode: a process with a stable PID that holds the listeners and runs worker generations.
+
+Supervisors, systemd and container runtimes track one PID. The master keeps it: it binds (or
+inherits) the listeners once, starts N workers that inherit them, and on SIGHUP starts a whole
+new generation, waits until every new worker is ready, and only then stops the old generation.
+A generation that crashes or never gets ready is killed and the old one keeps serving.
+
+A worker is any command. Its listeners arrive three ways at once:
+
+- ``{fd:NAME}`` in its arguments is replaced by the fd number of listener NAME;
+- ``LISTEN_FDS``/``LISTEN_FDNAMES``/``LISTEN_PID`` as systemd sets them: ``posix_spawn``
+  places the fds at 3, 4, ... and a ``/bin/sh`` exec trampoline sets ``LISTEN_PID`` to the
+  worker's own pid, so no Python runs between fork and exec;
+- ``GRACEFUL_FDS=name=fd,...`` for workers built on graceful.
+
+Readiness (``ready``): ``"fd"`` - the worker writes its pid to the graceful readiness pipe
+(what ``Upgrader.ready()`` does); ``"notify"`` - the master serves a ``NOTIFY_SOCKET`` to the
+worker and waits for ``READY=1``; ``"delay:S"`` - ready once alive for S seconds.
+
+Signals: SIGHUP reloads (a new generation); SIGUSR2 re-executes the master itself through the
+Upgrader; SIGTTIN/SIGTTOU add/remove a worker; SIGUSR1 is forwarded to the workers; SIGQUIT,
+SIGTERM (after ``shutdown_delay``) and SIGINT stop the workers with ``stop_signal`` and exit.
+The master reaps every child, including orphans re-parented to it as a child subreaper.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import queue
+import re
+import selectors
+import signal
+import socket
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from . import systemd
+from .errors import GracefulError
+from .fdenv import ENV_FDS, encode_fds
+from .upgrader import ENV_PARENT_PID, ENV_READY_FD, Upgrader, UpgradeError
+
+__all__ = ["Master", "MasterError", "parse_ready"]
+
+log = logging.getLogger("graceful")
+
+_FD_PLACEHOLDER = re.compile(r"\{fd:([^{}]+)\}")
+_HIGH_FD = 200  # fds are staged from here, then dup2'd to 3, 4, ... in the worker
+_BACKOFF_START, _BACKOFF_MAX = 0.5, 30.0
+_STABLE_AFTER = 10.0  # a worker alive this long is not "crashing in a loop"
+
+
+class MasterError(GracefulError):
+    """The master cannot start its workers as asked."""
+
+
+def parse_ready(text: str) -> Tuple[str, float]:
+    """``fd``, ``notify`` or ``delay:SECONDS`` -> (mode, seconds)."""
+    if text in ("fd", "notify"):
+        return text, 0.0
+    if text.startswith("delay:"):
+        try:
+            seconds = float(text[6:])
+        except ValueError:
+            seconds = -1.0
+        if seconds >= 0:
+            return "delay", seconds
+    raise MasterError(f"--ready {text!r}: use fd, notify or delay:SECONDS")
+
+
+class _Worker:
+    def __init__(self, slot: int, generation: int) -> None:
+        self.slot = slot
+        self.generation = generation
+        self.pid = 0
+        self.started = 0.0
+        self.ready = False
+        self.stopping = False
+        self.ready_fd: Optional[int] = None  # read end of the readiness pipe ("fd")
+        self.notify: Optional[socket.socket] = None  # our NOTIFY_SOCKET for it ("notify")
+        self.notify_path: Optional[str] = None
+        self.kill_at: Optional[float] = None  # SIGKILL deadline once stopping
+
+
+class Master:
+    """Run ``command`` as ``workers`` processes sharing the listeners ``binds``."""
+
+    def __init__(self, command: Sequence[str], *, binds: Sequence[str] = (), workers: int = 1,
+                 ready: str = "fd", stop_signal: int = signal.SIGTERM,
+                 pidfile: Optional[str] = None, ready_timeout: float = 30.0,
+                 graceful_timeout: float = 30.0, shutdown_delay: float = 0.0,
+                 max_failures: Optional[int] = 5, respawn: bool = True,
+                 env: Optional[Dict[str, str]] = None, reuse_port: bool = False) -> None:
+        if workers < 1:
+            raise MasterError(f"workers={workers}: need at least 1 worker")
+        if not command:
+            raise MasterError("no command to run: put it after --")
+        _check_command(command[0])
+        self.command = list(command)
+        self.ready_mode, self.ready_delay = parse_ready(ready)
+        self.workers_wanted = workers
+        self.stop_signal = stop_signal
+        self.ready_timeout = ready_timeout
+        self.max_failures = max_failures
+        self.respawn = respawn
+        self.env = dict(os.environ if env is None else env)
+        _become_subreaper()
+        self.upgrader = Upgrader(pidfile=pidfile, ready_timeout=ready_timeout,
+                                 graceful_timeout=graceful_timeout, shutdown_delay=shutdown_delay,
+                                 upgrade_signals=())
+        self.lifecycle = self.upgrader.lifecycle
+        listen_options = {"reuse_port": True} if reuse_port else {}
+        try:
+            self.listeners = [(name, sock) for name, sock in
+                              (self._listen(bind, listen_options) for bind in binds)]
+            self._check_placeholders()
+        except BaseException:
+            self.upgrader.close()
+            raise
+        self.generation = 0
+        self.current: List[_Worker] = []  # the serving generation
+        self.next: List[_Worker] = []  # a generation starting (reload), not yet ready
+        self.retired: List[_Worker] = []  # older generations, stopping
+        self.failures = 0  # consecutive worker crashes (for the backoff)
+        self.respawn_at: Dict[int, float] = {}  # slot -> when to start it again
+        self.exit_status: Optional[int] = None
+        self._events: "queue.SimpleQueue[Tuple[str, int]]" = queue.SimpleQueue()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        for signum, event in ((signal.SIGHUP, "reload"), (signal.SIGUSR2, "upgrade"),
+                              (signal.SIGTTIN, "more"), (signal.SIGTTOU, "fewer"),
+                              (signal.SIGUSR1, "forward"), (signal.SIGCHLD, "child")):
+            self.upgrader.on_signal(signum, lambda s, e=event: self._post(e, s))
+        self.lifecycle.watch(lambda state: self._post("state", 0))
+
+    def _listen(self, bind: str, options: dict) -> Tuple[str, socket.socket]:
+        from .addresses import parse_bind
+
+        name, _ = parse_bind(bind)
+        return name, self.upgrader.listen(bind, **options)
+
+    def _check_placeholders(self) -> None:
+        names = {name for name, _ in self.listeners}
+        for arg in self.command:
+            for name in _FD_PLACEHOLDER.findall(arg):
+                if name not in names:
+                    known = ", ".join(sorted(names)) or "none (add --bind NAME=ADDRESS)"
+                    raise MasterError(f"{{fd:{name}}} in the command names no listener; "
+                                      f"listeners: {known}")
+
+    # -- the main loop --------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Start the first generation, serve until stopped; returns the exit status."""
+        try:
+            self._start_generation(initial=True)
+            while self.exit_status is None:
+                self._step()
+        finally:
+            self._kill_everything()
+            self.upgrader.close()
+            self._selector.close()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+        return self.exit_status
+
+    def _post(self, event: str, signum: int) -> None:
+        self._events.put((event, signum))
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+
+    def _step(self) -> None:
+        for key, _ in self._selector.select(self._next_timeout()):
+            if key.data is None:
+                try:
+                    os.read(self._wake_r, 4096)
+                except BlockingIOError:
+                    pass
+            else:
+                self._on_worker_message(key.data)
+        while True:
+            try:
+                event, signum = self._events.get_nowait()
+            except queue.Empty:
+                break
+            self._on_event(event, signum)
+        self._reap()
+        self._on_timers(time.monotonic())
+
+    def _next_timeout(self) -> float:
+        now = time.monotonic()
+        deadlines = [w.kill_at for w in self._all() if w.kill_at is not None]
+        deadlines += list(self.respawn_at.values())
+        deadlines += [w.started + self.ready_timeout for w in self._all() if not w.ready]
+        if self.ready_mode == "delay":
+            deadlines += [w.started + self.ready_delay for w in self._all() if not w.ready]
+        left = min(deadlines, default=now + 1.0) - now
+        return max(0.0, min(left, 1.0))
+
+    def _all(self) -> List[_Worker]:
+        return self.current + self.next + self.retired
+
+    def _on_event(self, event: str, signum: int) -> None:
+        if event == "reload":
+            self._reload()
+        elif event == "upgrade":
+            self._upgrade_master()
+        elif event == "more":
+            self.workers_wanted += 1
+            log.info("SIGTTIN: %d workers", self.workers_wanted)
+            self._fill_slots()
+        elif event == "fewer":
+            if self.workers_wanted > 1:
+                self.workers_wanted -= 1
+                log.info("SIGTTOU: %d workers", self.workers_wanted)
+                extra = [w for w in self.current if w.slot >= self.workers_wanted]
+                for worker in extra:
+                    self.current.remove(worker)
+                    self._retire(worker)
+        elif event == "forward":
+            for worker in self._all():
+                _kill(worker.pid, signum)
+        elif event == "state" and self.lifecycle.draining and self.exit_status is None:
+            self._shutdown()
+
+    # -- generations ----------------------------------------------------------------------------
+
+    def _start_generation(self, initial: bool = False) -> None:
+        self.generation += 1
+        workers = []
+        try:
+            for slot in range(self.workers_wanted):
+                workers.append(self._spawn(slot, self.generation))
+        except MasterError:
+            for worker in workers:
+                self._retire(worker, kill=True)
+            raise
+        if initial:
+            self.current = workers
+        else:
+            self.next = workers
+        log.info("generation %d: started %d worker(s): %s", self.generation, len(workers),
+                 " ".join(str(w.pid) for w in workers))
+
+    def _reload(self) -> None:
+        if self.next:
+            log.info("SIGHUP: a reload is already in progress (generation %d); coalesced",
+                     self.generation)
+            return
+        if self.lifecycle.draining:
+            return
+        log.info("SIGHUP: reloading: starting generation %d", self.generation + 1)
+        systemd.reloading()
+        try:
+            self._start_generation()
+        except MasterError as exc:
+            self._reload_failed(str(exc))
+
+    def _reload_failed(self, why: str) -> None:
+        log.error("reload failed, generation %d keeps serving: %s",
+                  self.current[0].generation if self.current else 0, why)
+        for worker in self.next:
+            self._retire(worker, kill=True)
+        self.next = []
+        systemd.notify("READY=1", f"STATUS=reload failed: {why}")
+
+    def _generation_ready(self) -> None:
+        """Every worker of the next generation is ready: it takes over."""
+        old, self.current, self.next = self.current, self.next, []
+        for worker in old:
+            self._retire(worker)
+        self.respawn_at.clear()
+        self.failures = 0
+        log.info("generation %d is serving (workers %s)", self.current[0].generation,
+                 " ".join(str(w.pid) for w in self.current))
+        systemd.ready()
+
+    def _upgrade_master(self) -> None:
+        """SIGUSR2: re-execute the master itself; its successor starts its own workers."""
+        try:
+            pid = self.upgrader.upgrade()
+        except UpgradeError as exc:
+            log.error("SIGUSR2: master upgrade not done: %s", exc)
+            return
+        log.info("SIGUSR2: master pid %d took over; stopping this master's workers", pid)
+
+    def _shutdown(self) -> None:
+        log.info("stopping: %s", self.lifecycle.reason or "giving up")
+        if not self.lifecycle.reason.startswith("handed over"):
+            # A final stop: the workers are the last holders and serve what is queued; our
+            # copies would keep the queue open (connections waiting there, then reset).
+            for _, sock in self.listeners:
+                sock.close()
+        for worker in self.next + self.current:
+            self._retire(worker)
+        self.next, self.current = [], []
+        self.respawn_at.clear()
+        self._maybe_finish()
+
+    # -- workers --------------------------------------------------------------------------------
+
+    def _spawn(self, slot: int, generation: int) -> _Worker:
+        """Start one worker: listeners at fds 3, 4, ... (dup2 by posix_spawn, no Python between
+        fork and exec), then an ``sh`` trampoline sets LISTEN_PID to the worker's own pid."""
+        worker = _Worker(slot, generation)
+        env = dict(self.env)
+        names = [name for name, _ in self.listeners]
+        fd_of = {name: 3 + i for i, name in enumerate(names)}
+        args = [_FD_PLACEHOLDER.sub(lambda m: str(fd_of[m.group(1)]), a) for a in self.command]
+        for var in ("LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PID", ENV_FDS, "NOTIFY_SOCKET",
+                    ENV_READY_FD, ENV_PARENT_PID):
+            env.pop(var, None)
+        if names:
+            env["LISTEN_FDS"] = str(len(names))
+            env["LISTEN_FDNAMES"] = ":".join(names)
+            env[ENV_FDS] = encode_fds(fd_of)
+        # Sources are first moved out of the way (>= _HIGH_FD, close-on-exec), so no dup2
+        # overwrites a source that a later dup2 still needs.
+        sources = [_dup_at(sock.fileno(), _HIGH_FD + i) for i, (_, sock) in enumerate(self.listeners)]
+        ready_w = None
+        try:
+            if self.ready_mode == "fd":
+                worker.ready_fd, ready_w = os.pipe()
+                sources.append(_dup_at(ready_w, _HIGH_FD + len(names)))
+                os.close(ready_w)
+                ready_w = None
+                env[ENV_READY_FD] = str(3 + len(names))
+                env[ENV_PARENT_PID] = str(os.getpid())
+            elif self.ready_mode == "notify":
+                worker.notify, worker.notify_path = _notify_socket()
+                env["NOTIFY_SOCKET"] = worker.notify_path
+            actions = [(os.POSIX_SPAWN_DUP2, fd, 3 + i) for i, fd in enumerate(sources)]
+            script = 'LISTEN_PID=$$ exec "$0" "$@"' if names else 'exec "$0" "$@"'
+            try:
+                pid = os.posix_spawn("/bin/sh", ["/bin/sh", "-c", script, *args], env,
+                                     file_actions=actions)
+            except OSError as exc:
+                raise MasterError(f"cannot start {args[0]!r}: {exc.strerror}") from None
+        except BaseException:
+            self._close_channels(worker)
+            raise
+        finally:
+            for fd in sources:
+                os.close(fd)
+        worker.pid = pid
+        worker.started = time.monotonic()
+        if worker.ready_fd is not None:
+            self._selector.register(worker.ready_fd, selectors.EVENT_READ, worker)
+        if worker.notify is not None:
+            self._selector.register(worker.notify, selectors.EVENT_READ, worker)
+        return worker
+
+    def _on_worker_message(self, worker: _Worker) -> None:
+        if worker.ready_fd is not None:
+            try:
+                data = os.read(worker.ready_fd, 64)
+            except OSError:
+                data = b""
+            self._close_channels(worker)
+            if data.strip().isdigit():
+                self._mark_ready(worker)
+            return  # EOF without a pid: it exits, and the reaper says why
+        if worker.notify is not None:
+            try:
+                data = worker.notify.recv(4096)
+            except OSError:
+                return
+            if b"READY=1" in data.split(b"\n"):
+                self._close_channels(worker)
+                self._mark_ready(worker)
+
+    def _mark_ready(self, worker: _Worker) -> None:
+        if worker.ready or worker.stopping:
+            return
+        worker.ready = True
+        log.debug("worker %d (generation %d) is ready", worker.pid, worker.generation)
+        if worker in self.next and all(w.ready for w in self.next):
+            self._generation_ready()
+        elif worker in self.current and all(w.ready for w in self.current):
+            if not self._started():
+                self.upgrader.ready()
+
+    def _started(self) -> bool:
+        """Whether the first generation became ready (and the master declared itself ready)."""
+        return self.lifecycle.state != "starting"
+
+    def _close_channels(self, worker: _Worker) -> None:
+        for channel in (worker.ready_fd, worker.notify):
+            if channel is None:
+                continue
+            try:
+                self._selector.unregister(channel)
+            except (KeyError, ValueError):
+                pass
+            if isinstance(channel, int):
+                os.close(channel)
+            else:
+                channel.close()
+        worker.ready_fd = None
+        worker.notify = None
+        if worker.notify_path and not worker.notify_path.startswith("@"):
+            _unlink_quietly(worker.notify_path)
+        worker.notify_path = None
+
+    def _retire(self, worker: _Worker, kill: bool = False) -> None:
+        """Stop a worker: the stop signal, then SIGKILL at the deadline."""
+        self._close_channels(worker)
+        if worker.stopping:
+            return
+        worker.stopping = True
+        if worker not in self.retired:
+            self.retired.append(worker)
+        if kill:
+            _kill(worker.pid, signal.SIGKILL)
+            worker.kill_at = None
+        else:
+            _kill(worker.pid, self.stop_signal)
+            worker.kill_at = time.monotonic() + self.lifecycle.graceful_timeout
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            self._on_exit(pid, status)
+
+    def _on_exit(self, pid: int, status: int) -> None:
+        worker = next((w for w in self._all() if w.pid == pid), None)
+        if worker is None:
+            log.debug("reaped pid %d (%s)", pid, _describe(status))
+            return
+        self._close_channels(worker)
+        if not self.respawn and self.exit_status is None:
+            self.exit_status = _exit_code(status)  # --init: the command's status is ours
+        if worker in self.retired:
+            self.retired.remove(worker)
+            log.info("worker %d (generation %d) exited: %s", pid, worker.generation,
+                     _describe(status))
+            self._maybe_finish()
+            return
+        if worker in self.next:
+            self._reload_failed(f"worker {pid} {_describe(status)} before it was ready")
+            return
+        self.current.remove(worker)
+        if not self.respawn:
+            self._shutdown()
+            return
+        self._worker_crashed(worker, status)
+
+    def _worker_crashed(self, worker: _Worker, status: int) -> None:
+        lived = time.monotonic() - worker.started
+        if worker.ready and lived >= _STABLE_AFTER:
+            self.failures = 0
+        self.failures += 1
+        if not self._started():
+            log.error("worker %d %s before the first generation was ready", worker.pid,
+                      _describe(status))
+            self._give_up("the first generation did not start")
+            return
+        if self.max_failures is not None and self.failures > self.max_failures:
+            log.error("worker %d %s; %d failures in a row: not restarting it (use "
+                      "--max-failures to change)", worker.pid, _describe(status), self.failures - 1)
+            if not self.current:
+                self._give_up("every worker keeps failing")
+            return
+        delay = min(_BACKOFF_MAX, _BACKOFF_START * 2 ** (self.failures - 1))
+        log.warning("worker %d %s; restarting slot %d in %.1fs", worker.pid, _describe(status),
+                    worker.slot, delay)
+        self.respawn_at[worker.slot] = time.monotonic() + delay
+
+    def _give_up(self, why: str) -> None:
+        log.error("giving up: %s", why)
+        self.exit_status = 1
+        self._shutdown()
+
+    def _fill_slots(self) -> None:
+        taken = {w.slot for w in self.current}
+        for slot in range(self.workers_wanted):
+            if slot not in taken and slot not in self.respawn_at and not self.lifecycle.draining:
+                self._respawn(slot)
+
+    def _respawn(self, slot: int) -> None:
+        try:
+            worker = self._spawn(slot, self.current[0].generation if self.current else self.generation)
+        except MasterError as exc:
+            log.error("cannot restart slot %d: %s", slot, exc)
+            self.respawn_at[slot] = time.monotonic() + _BACKOFF_MAX
+            return
+        self.current.append(worker)
+        log.info("slot %d: started worker %d", slot, worker.pid)
+
+    def _on_timers(self, now: float) -> None:
+        for slot, when in list(self.respawn_at.items()):
+            if now >= when:
+                del self.respawn_at[slot]
+                if not self.lifecycle.draining:
+                    self._respawn(slot)
+        for worker in list(self._all()):
+            if worker.kill_at is not None and now >= worker.kill_at:
+                log.warning("worker %d did not stop within the graceful timeout: SIGKILL",
+                            worker.pid)
+                _kill(worker.pid, signal.SIGKILL)
+                worker.kill_at = None
+            elif not worker.ready and not worker.stopping:
+                if self.ready_mode == "delay" and now - worker.started >= self.ready_delay:
+                    self._mark_ready(worker)
+                elif now - worker.started >= self.ready_timeout:
+                    self._not_ready_in_time(worker)
+
+    def _not_ready_in_time(self, worker: _Worker) -> None:
+        why = f"worker {worker.pid} was not ready within {self.ready_timeout:g}s"
+        if worker in self.next:
+            self._reload_failed(why)
+        else:
+            log.error("%s: stopping it", why)
+            worker.ready = True  # not waited on again; the reaper restarts it
+            _kill(worker.pid, signal.SIGKILL)
+
+    def _maybe_finish(self) -> None:
+        if self.lifecycle.draining and not self._all():
+            if self.exit_status is None:
+                self.exit_status = 0
+
+    def _kill_everything(self) -> None:
+        for worker in self._all():
+            _kill(worker.pid, signal.SIGKILL)
+            self._close_channels(worker)
+        deadline = time.monotonic() + 5
+        while self._all() and time.monotonic() < deadline:
+            try:
+                pid, _ = os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+            for group in (self.current, self.next, self.retired):
+                for w in [w for w in group if w.pid == pid]:
+                    group.remove(w)
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _check_command(program: str) -> None:
+    import shutil
+
+    if os.sep in program:
+        if not (os.path.isfile(program) and os.access(program, os.X_OK)):
+            raise MasterError(f"cannot run {program!r}: no such executable file")
+    elif shutil.which(program) is None:
+        raise MasterError(f"cannot run {program!r}: not found on PATH")
+
+
+def _dup_at(fd: int, at_least: int) -> int:
+    import fcntl
+
+    return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, at_least)
+
+
+def _notify_socket() -> Tuple[socket.socket, str]:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    name = f"@graceful-notify-{os.getpid()}-{os.urandom(6).hex()}"
+    sock.bind(b"\0" + name[1:].encode())
+    sock.setblocking(False)
+    return sock, name
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _kill(pid: int, signum: int) -> None:
+    if pid <= 0:
+        return
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+    except OSError as exc:
+        if exc.errno != errno.ESRCH:
+            raise
+
+
+def _describe(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"was killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exited with status {os.WEXITSTATUS(status)}"
+
+
+def _exit_code(status: int) -> int:
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
+
+
+def _become_subreaper() -> None:
+    """Orphaned descendants (a worker's own re-exec'd successor) become our children (Linux)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(36, 1, 0, 0, 0) != 0:  # PR_SET_CHILD_SUBREAPER
+            log.debug("prctl(PR_SET_CHILD_SUBREAPER) failed: errno %d", ctypes.get_errno())
+    except (OSError, AttributeError):
+        log.debug("no PR_SET_CHILD_SUBREAPER here")
+

@@ -1,0 +1,211 @@
+"""Master mode with real processes: a stable pid over worker generations, graceful run for any
+command, pidproxy, --init, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from _serve import APPS, Client, Served
+from _support import (ROOT, Load, children_of, free_port, process_state, reap_orphans,
+                      wait_for)
+from graceful.pidfile import read_pid
+
+SD_SERVER = os.path.join(ROOT, "tests", "children", "sd_server.py")
+
+
+def _zombies_of(pid: int):
+    return [c for c in children_of(pid) if process_state(c) == "Z"]
+
+
+def _generation_serving(served: Served, n: int) -> bool:
+    return f"generation {n} is serving" in served.log()
+
+
+def _workers(pid: int):
+    return sorted(c for c in children_of(pid) if process_state(c) not in (None, "Z"))
+
+
+def test_master_keeps_its_pid_across_20_reloads_under_load(procs, tmp_path):
+    pidfile = tmp_path / "master.pid"
+    served = Served(procs, tmp_path, "wsgi_app.py:app", "--workers", "2", "--pidfile", str(pidfile))
+    master = served.proc.pid
+    wait_for(lambda: read_pid(pidfile) == master and len(_workers(master)) == 2)
+    loads = [Load(served.port, keepalive=True, paths=("/hello",) * 4 + ("/slow",), clients=4).start(),
+             Load(served.port, keepalive=False, paths=("/hello",) * 4 + ("/slow",), clients=4).start()]
+    seen_workers = set(_workers(master))
+    for generation in range(2, 22):
+        for load in loads:
+            load.wait_requests(load.total + 20)
+        os.kill(master, signal.SIGHUP)
+        wait_for(lambda: _generation_serving(served, generation), 30,
+                 what=f"generation {generation} to serve")
+        seen_workers |= set(_workers(master))
+    for load in loads:
+        load.wait_requests(load.total + 50)
+        load.stop()
+    assert [f for load in loads for f in load.failures] == []
+    assert read_pid(pidfile) == master and process_state(master) not in (None, "Z")
+    served_by = {p for load in loads for p in load.pids}
+    assert len(served_by) > 10  # many generations really served
+    wait_for(lambda: len(_workers(master)) == 2, 30, what="old generations to exit")
+    assert _zombies_of(master) == []
+    served.proc.send_signal(signal.SIGQUIT)
+    assert served.proc.wait(30) == 0
+    assert not pidfile.exists()
+    assert all(process_state(p) in (None, "Z") for p in seen_workers)
+
+
+def test_a_killed_worker_loses_only_its_own_requests_and_is_respawned(procs, tmp_path):
+    served = Served(procs, tmp_path, "wsgi_app.py:app", "--workers", "2")
+    master = served.proc.pid
+    wait_for(lambda: len(_workers(master)) == 2)
+    load = Load(served.port, keepalive=False, paths=("/slow",), clients=4).start()
+    load.wait_requests(20)
+    victim = _workers(master)[0]
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: victim not in _workers(master) and len(_workers(master)) == 2, 30,
+             what="the worker to be respawned")
+    lost = len(load.failures)
+    assert lost <= 4  # at most the requests in flight on the killed worker (4 clients)
+    load.wait_requests(load.total + 40)
+    load.stop()
+    assert len(load.failures) == lost  # nothing lost after the respawn
+    assert "restarting slot" in served.log()
+
+
+def test_a_broken_reload_keeps_the_old_generation_serving(procs, tmp_path):
+    app = tmp_path / "app.py"
+    app.write_text(f"import sys\nsys.path.insert(0, {APPS!r})\nfrom wsgi_app import app\n")
+    served = Served(procs, tmp_path, str(app) + ":app", "--workers", "2", "--ready-timeout", "5")
+    master = served.proc.pid
+    wait_for(lambda: len(_workers(master)) == 2)
+    old = _workers(master)
+    load = Load(served.port, keepalive=True, paths=("/hello",) * 4 + ("/slow",), clients=4).start()
+    load.wait_requests(50)
+    app.write_text("raise ImportError('a broken deploy')\n")
+    os.kill(master, signal.SIGHUP)
+    wait_for(lambda: "reload failed" in served.log(), 30, what="the reload to fail")
+    load.wait_requests(load.total + 100)
+    load.stop()
+    assert load.failures == []
+    assert _workers(master) == old
+
+
+def test_run_passes_systemd_style_fds_and_waits_for_notify(procs, tmp_path):
+    port = free_port()
+    log = open(tmp_path / "run.log", "w")
+    proc = procs.python("-m", "graceful", "run", "--bind", f"web=127.0.0.1:{port}", "--ready",
+                        "notify", "--workers", "2", "--", sys.executable, SD_SERVER, "--fd",
+                        "{fd:web}", stderr=log)
+    wait_for(lambda: f"ready: pid {proc.pid} " in (tmp_path / "run.log").read_text(), 30,
+             what="the master to be ready")
+    seen = {}
+    for _ in range(20):
+        c = Client(socket_connect(port))
+        report = json.loads(c.request("GET", "/").body)
+        c.sock.close()
+        seen[report["pid"]] = report
+    assert set(seen) == set(_workers(proc.pid))
+    for pid, report in seen.items():
+        assert report["LISTEN_PID"] == str(pid)  # set by the exec trampoline, for that process
+        assert report["LISTEN_FDS"] == "1" and report["LISTEN_FDNAMES"] == "web"
+        assert report["fd"] == 3
+    load = Load(port, keepalive=False, paths=("/", "/slow"), clients=4).start()
+    for generation in (2, 3):
+        load.wait_requests(load.total + 30)
+        os.kill(proc.pid, signal.SIGHUP)
+        wait_for(lambda: f"generation {generation} is serving" in (tmp_path / "run.log").read_text(),
+                 30)
+    load.wait_requests(load.total + 30)
+    load.stop()
+    assert load.failures == []
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+
+
+def socket_connect(port):
+    import socket
+    return socket.create_connection(("127.0.0.1", port), timeout=10)
+
+
+def test_pidproxy_follows_a_server_that_reexecs_itself(procs, tmp_path):
+    port = free_port()
+    pidfile = tmp_path / "server.pid"
+    proxy = procs.python("-m", "graceful", "pidproxy", str(pidfile), "--", sys.executable, "-m",
+                         "graceful._demo_server", "--port", str(port), "--pidfile", str(pidfile),
+                         "--log-level", "WARNING", stdout=subprocess.DEVNULL)
+    pid = wait_for(lambda: read_pid(pidfile) if pidfile.exists() else None, 30)
+    pids = [pid]
+    for _ in range(5):
+        proxy.send_signal(signal.SIGHUP)  # forwarded to whichever pid serves now
+        new = wait_for(lambda: (p := _safe_pid(pidfile)) not in (None, *pids) and p, 30,
+                       what="the server to re-exec")
+        wait_for(lambda: process_state(pids[-1]) in (None, "Z"), 30)
+        pids.append(new)
+    assert proxy.poll() is None  # still in the foreground for the supervisor
+    proxy.send_signal(signal.SIGTERM)
+    assert proxy.wait(30) == 0
+    assert all(process_state(p) in (None, "Z") for p in pids)
+
+
+def _safe_pid(pidfile):
+    try:
+        return read_pid(pidfile)
+    except Exception:
+        return None
+
+
+def test_init_mode_forwards_signals_reaps_and_returns_the_status(procs, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "graceful", "run", "--init", "--", "sh", "-c",
+                             "sleep 0.1 & exit 7"], env=dict(os.environ, PYTHONPATH=ROOT),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 7, result.stderr
+    proc = procs.python("-m", "graceful", "run", "--init", "--", "sleep", "100",
+                        stderr=subprocess.DEVNULL)
+    wait_for(lambda: [c for c in children_of(proc.pid) if process_state(c) not in (None, "Z")])
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 128 + signal.SIGTERM  # sleep died of the forwarded SIGTERM
+
+
+def test_a_worker_that_keeps_crashing_is_given_up_on(procs, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "graceful", "run", "--ready", "delay:0", "--max-failures", "2",
+         "--", "sh", "-c", "sleep 0.3; exit 3"],
+        env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.count("restarting slot 0") == 2
+    assert "2 failures in a row: not restarting it" in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--bind", "web=127.0.0.1:0", "--", "echo", "{fd:nope}"],
+     "{fd:nope} in the command names no listener"),
+    (["run", "--", "no-such-program-xyz"], "cannot run 'no-such-program-xyz': not found on PATH"),
+    (["run", "--workers", "0", "--", "true"], "workers=0: need at least 1 worker"),
+    (["run", "--"], "no command to run"),
+    (["serve", "x:app", "--workers", "0"], "workers=0: need at least 1 worker"),
+])
+def test_bad_input_is_one_line_and_status_2(tmp_path, args, message):
+    result = subprocess.run([sys.executable, "-m", "graceful", *args], capture_output=True,
+                            text=True, timeout=60, env=dict(os.environ, PYTHONPATH=ROOT),
+                            cwd=str(tmp_path))
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_pidfile_held_by_a_live_master_is_refused(procs, tmp_path):
+    pidfile = tmp_path / "m.pid"
+    served = Served(procs, tmp_path, "wsgi_app.py:app", "--workers", "1", "--pidfile", str(pidfile))
+    result = subprocess.run([sys.executable, "-m", "graceful", "run", "--pidfile", str(pidfile),
+                             "--", "true"], capture_output=True, text=True, timeout=60,
+                            env=dict(os.environ, PYTHONPATH=ROOT))
+    assert result.returncode == 2
+    assert str(served.proc.pid) in result.stderr and "Traceback" not in result.stderr
