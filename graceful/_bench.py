@@ -148,6 +148,57 @@ def _server_args(port: int, pidfile: str, *extra: str) -> List[str]:
             "--pidfile", pidfile, "--log-level", "WARNING", *extra]
 
 
+def _repo_file(*parts: str) -> str:
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), *parts)
+
+
+def _master_args(kind: str, port: int, pidfile: str) -> List[str]:
+    """A master over 2 workers: our own (``serve --workers``) or external commands (``run``)."""
+    apps = _repo_file("benchmarks", "apps.py")
+    if kind == "master":
+        return [sys.executable, "-m", "graceful", "serve", f"{apps}:wsgi", "--workers", "2",
+                "--bind", f"web=127.0.0.1:{port}", "--pidfile", pidfile, "--ready-path",
+                "/-/ready", "--log-level", "warning"]
+    run = [sys.executable, "-m", "graceful", "run", "--bind", f"web=127.0.0.1:{port}",
+           "--pidfile", pidfile, "--log-level", "warning"]
+    if kind == "run":
+        return run + ["--workers", "2", "--ready", "notify", "--", sys.executable,
+                      _repo_file("examples", "systemd_style_server.py"), "--fd", "{fd:web}"]
+    bench = _repo_file("benchmarks")
+    if kind == "run-gunicorn":
+        # gunicorn takes LISTEN_FDS by itself (and would close fd 3 before a --bind fd://3).
+        return run + ["--ready", "delay:1", "--", sys.executable, "-m", "gunicorn", "--chdir",
+                      bench, "-k", "gthread", "--threads", "4", "-w", "2", "apps:wsgi"]
+    return run + ["--ready", "delay:1", "--", sys.executable, "-m", "uvicorn", "--app-dir", bench,
+                  "--fd", "{fd:web}", "--log-level", "warning", "apps:asgi"]
+
+
+def _restart_master(server: "_Server") -> Optional[int]:
+    """SIGHUP to a master: its pid stays, its workers are replaced by a new generation."""
+    master = server.pid()
+    if master is None:
+        return None
+    old = set(_children(master))
+    os.kill(master, signal.SIGHUP)
+    _wait_until(lambda: bool(_children(master)) and not (set(_children(master)) & old), 60.0)
+    new = set(_children(master)) - old
+    return min(new) if new else None
+
+
+def _children(pid: int) -> List[int]:
+    kids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                kids.append(int(entry))
+    return kids
+
+
 def _serve_args(app: str, port: int, pidfile: str) -> List[str]:
     apps = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                         "benchmarks", "apps.py")
@@ -182,6 +233,14 @@ STRATEGIES: Dict[str, dict] = {
                    "restart": _restart_reexec, "lossless": True},
     "serve-asgi": {"description": "graceful serve (ASGI): SIGHUP", "serve": "asgi",
                    "restart": _restart_reexec, "lossless": True},
+    "master": {"description": "serve --workers 2: SIGHUP", "master": "master",
+               "restart": _restart_master, "lossless": True},
+    "run": {"description": "graceful run (stdlib server): SIGHUP", "master": "run",
+            "restart": _restart_master, "lossless": True},
+    "run-gunicorn": {"description": "graceful run -- gunicorn: SIGHUP", "master": "run-gunicorn",
+                     "restart": _restart_master, "lossless": True, "needs": "gunicorn"},
+    "run-uvicorn": {"description": "graceful run -- uvicorn: SIGHUP", "master": "run-uvicorn",
+                    "restart": _restart_master, "lossless": True, "needs": "uvicorn"},
 }
 
 
@@ -191,10 +250,18 @@ def run_strategy(strategy: str, *, restarts: int = 5, duration: float = 10.0,
     """Start the strategy's server, load it, restart it ``restarts`` times, and report."""
     spec = STRATEGIES[strategy]
     result = RunResult(strategy, spec["description"])
+    if "needs" in spec:
+        import importlib.util
+
+        if importlib.util.find_spec(spec["needs"]) is None:
+            result.errors.append(f"{spec['needs']} is not installed")
+            return result
     port = _free_port()
     with tempfile.TemporaryDirectory(prefix="graceful-bench-") as tmp:
         pidfile = os.path.join(tmp, "server.pid")
-        if "serve" in spec:
+        if "master" in spec:
+            server = _Server(_master_args(spec["master"], port, pidfile), pidfile, ready_port=port)
+        elif "serve" in spec:
             server = _Server(_serve_args(spec["serve"], port, pidfile), pidfile, ready_port=port)
         else:
             server = _Server(_server_args(port, pidfile, *spec["extra"]), pidfile)
@@ -208,15 +275,20 @@ def run_strategy(strategy: str, *, restarts: int = 5, duration: float = 10.0,
             interval = duration / (restarts + 1)
             for i in range(restarts):
                 time.sleep(interval)  # pacing of the benchmark, not synchronisation
+                before = {pid for load in loads for pid in load.stats.first_seen}
                 signalled = time.monotonic()
                 new = spec["restart"](server)
-                seen = new is not None and _wait_until(
-                    lambda: any(new in load.stats.first_seen for load in loads), 30.0)
+                # Handover: the first response from any pid not seen before (a master's new
+                # workers, or a wrapped server's own worker processes).
+                fresh = lambda: {pid: t for load in loads  # noqa: E731
+                                 for pid, t in list(load.stats.first_seen.items())
+                                 if pid not in before}
+                seen = new is not None and _wait_until(lambda: bool(fresh()), 30.0)
                 if not seen:
                     result.errors.append(f"restart {i + 1}: no response from a new pid")
                     continue
-                first = min(load.stats.first_seen[new] for load in loads
-                            if new in load.stats.first_seen)
+                first = min(fresh().values())
+                new = min(fresh(), key=lambda pid: fresh()[pid])
                 result.handovers.append(first - signalled)
                 result.restarts += 1
                 progress(f"{strategy}: restart {i + 1}/{restarts} -> pid {new} "

@@ -160,8 +160,10 @@ class LoadGenerator:
             self.stats.record("ok", latency, int(pid) if pid and pid.isdigit() else None)
         else:
             self.stats.record("bad_status", detail=f"{path}: status {status}")
-        if close or headers.get("connection", "").lower() == "close":
-            return _close(conn)
+        connection = headers.get("connection", "").lower()
+        if close or connection == "close" or (
+                headers.get(":version") == "HTTP/1.0" and connection != "keep-alive"):
+            return _close(conn)  # the server ends this connection after the response
         return conn
 
 
@@ -171,7 +173,7 @@ async def _read_response(reader: asyncio.StreamReader) -> Tuple[int, Dict[str, s
     parts = lines[0].split(" ", 2)
     if len(parts) < 2 or not parts[1].isdigit():
         raise ValueError(f"bad status line {lines[0]!r}")
-    headers = {}
+    headers = {":version": parts[0]}
     for line in lines[1:]:
         if ":" in line:
             name, value = line.split(":", 1)

@@ -38,6 +38,13 @@ class Served:
                  what=f"pid {pid} to be ready")
         assert marker in self.log(), self.log()
 
+    def wait(self, predicate, timeout: float = 30.0, what: str = "condition"):
+        """``wait_for`` that shows the end of the server's log when it times out."""
+        try:
+            return wait_for(predicate, timeout, what=what)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; server log:\n{self.log()[-4000:]}") from None
+
     def connect(self, timeout: float = 10.0) -> socket.socket:
         return socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
 

@@ -18,7 +18,7 @@ from _support import (ROOT, Load, children_of, free_port, process_state, reap_or
                       wait_for)
 from graceful.pidfile import read_pid
 
-SD_SERVER = os.path.join(ROOT, "tests", "children", "sd_server.py")
+SD_SERVER = os.path.join(ROOT, "examples", "systemd_style_server.py")
 
 
 def _zombies_of(pid: int):

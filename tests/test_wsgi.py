@@ -163,8 +163,8 @@ def test_sighup_upgrades_under_load_lose_nothing(procs, tmp_path):
         for load in loads:
             load.wait_requests(load.total + 100)
         os.kill(pid, signal.SIGHUP)
-        new = wait_for(lambda: [int(p) for p in re.findall(r"ready: pid (\d+) ", served.log())
-                                if int(p) not in pids], 30, what="a successor")[0]
+        new = served.wait(lambda: [int(p) for p in re.findall(r"ready: pid (\d+) ", served.log())
+                                   if int(p) not in pids], 30, what=f"a successor of {pid}")[0]
         wait_for(lambda: (reap_orphans(), process_state(pid) in (None, "Z"))[1], 30,
                  what=f"generation {pid} to exit")
         pid = new

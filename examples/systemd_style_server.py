@@ -1,9 +1,10 @@
-"""A small stdlib HTTP server that takes its socket the systemd way (for `graceful run` tests).
+"""A plain stdlib HTTP server that takes its socket the systemd way, to run under `graceful run`.
 
-    sd_server.py --fd N
+    graceful run --bind web=:8000 --ready notify -- python examples/systemd_style_server.py --fd {fd:web}
 
 It checks LISTEN_PID/LISTEN_FDS, serves on fd N, says READY=1 over NOTIFY_SOCKET, and answers
-every request with JSON describing what it inherited (and X-Pid). SIGTERM: stop accepting, finish what is in flight, exit 0.
+every request with JSON describing what it inherited (and X-Pid). SIGTERM: stop accepting,
+finish what is in flight, exit 0.
 """
 
 import json
@@ -19,7 +20,10 @@ FD = int(sys.argv[sys.argv.index("--fd") + 1])
 
 
 class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+    # HTTP/1.0: one request per connection. A stdlib server cannot end idle keep-alive
+    # connections when it shuts down (its handler threads wait for the client), so it would
+    # never exit cleanly; graceful serve and the socketserver adapter can.
+    protocol_version = "HTTP/1.0"
 
     def do_GET(self):
         if self.path == "/slow":
