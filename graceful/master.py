@@ -207,6 +207,8 @@ class Master:
         return self.current + self.next + self.retired
 
     def _on_event(self, event: str, signum: int) -> None:
+        if not self.respawn and event in ("reload", "upgrade", "more", "fewer"):
+            event = "forward"  # --init: the command itself decides what its signals mean
         if event == "reload":
             self._reload()
         elif event == "upgrade":

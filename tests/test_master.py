@@ -63,6 +63,26 @@ def test_master_keeps_its_pid_across_20_reloads_under_load(procs, tmp_path):
     assert all(process_state(p) in (None, "Z") for p in seen_workers)
 
 
+def test_sigusr2_replaces_the_master_itself_without_losing_requests(procs, tmp_path):
+    pidfile = tmp_path / "master.pid"
+    served = Served(procs, tmp_path, "wsgi_app.py:app", "--workers", "2", "--pidfile", str(pidfile))
+    old = served.proc.pid
+    wait_for(lambda: read_pid(pidfile) == old and len(_workers(old)) == 2)
+    load = Load(served.port, keepalive=True, paths=("/hello",) * 4 + ("/slow",), clients=4).start()
+    load.wait_requests(50)
+    os.kill(old, signal.SIGUSR2)
+    new = served.wait(lambda: (p := _safe_pid(pidfile)) not in (None, old) and p, 30,
+                      what="a new master in the pidfile")
+    assert served.proc.wait(30) == 0  # the old master drained its workers and exited
+    wait_for(lambda: len(_workers(new)) == 2, 30)
+    load.wait_requests(load.total + 100)
+    load.stop()
+    assert load.failures == []
+    assert set(_workers(new)) & set(load.pids)  # the new master's workers serve
+    os.kill(new, signal.SIGQUIT)
+    wait_for(lambda: (reap_orphans(), process_state(new) in (None, "Z"))[1], 30)
+
+
 def test_a_killed_worker_loses_only_its_own_requests_and_is_respawned(procs, tmp_path):
     served = Served(procs, tmp_path, "wsgi_app.py:app", "--workers", "2")
     master = served.proc.pid
