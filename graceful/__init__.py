@@ -38,6 +38,7 @@ _EXPORTS = {
     "ASGIServer": "asgi",
     "ServerOptions": "_options",
     "Limits": "http11",
+    "Master": "master",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -71,3 +72,4 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .asgi import ASGIServer
     from ._options import ServerOptions
     from .http11 import Limits
+    from .master import Master

@@ -229,3 +229,33 @@ def test_a_pidfile_held_by_a_live_master_is_refused(procs, tmp_path):
                             env=dict(os.environ, PYTHONPATH=ROOT))
     assert result.returncode == 2
     assert str(served.proc.pid) in result.stderr and "Traceback" not in result.stderr
+
+
+def test_control_commands_and_worker_count_signals(procs, tmp_path):
+    pidfile = tmp_path / "master.pid"
+    served = Served(procs, tmp_path, "wsgi_app.py:app", "--workers", "1", "--pidfile", str(pidfile))
+    master = served.proc.pid
+    wait_for(lambda: read_pid(pidfile) == master and len(_workers(master)) == 1)
+
+    def graceful(*args):
+        return subprocess.run([sys.executable, "-m", "graceful", *args, "--pidfile", str(pidfile)],
+                              capture_output=True, text=True, timeout=90,
+                              env=dict(os.environ, PYTHONPATH=ROOT))
+
+    status = graceful("status")
+    assert status.returncode == 0
+    assert f"pid {master}:" in status.stdout and f"127.0.0.1:{served.port}" in status.stdout
+    os.kill(master, signal.SIGTTIN)
+    wait_for(lambda: len(_workers(master)) == 2, 30, what="a second worker")
+    os.kill(master, signal.SIGTTOU)
+    wait_for(lambda: len(_workers(master)) == 1, 30, what="back to one worker")
+    before = _workers(master)
+    reload = graceful("reload", "--wait")
+    assert reload.returncode == 0, reload.stderr
+    assert "serving with new workers" in reload.stdout
+    assert not set(_workers(master)) & set(before)
+    quit_ = graceful("quit", "--wait")
+    assert quit_.returncode == 0 and f"pid {master} exited" in quit_.stdout
+    served.proc.wait(30)
+    missing = graceful("status")
+    assert missing.returncode == 3 and "does not exist" in missing.stderr
