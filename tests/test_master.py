@@ -14,8 +14,8 @@ import textwrap
 import pytest
 
 from _serve import APPS, Client, Served
-from _support import (ROOT, Load, children_of, free_port, process_state, reap_orphans,
-                      wait_for)
+from _support import (ROOT, Load, children_of, free_port, http_get, process_state,
+                      reap_orphans, wait_for)
 from graceful.pidfile import read_pid
 
 SD_SERVER = os.path.join(ROOT, "examples", "systemd_style_server.py")
@@ -165,6 +165,8 @@ def test_pidproxy_follows_a_server_that_reexecs_itself(procs, tmp_path):
     pid = wait_for(lambda: read_pid(pidfile) if pidfile.exists() else None, 30)
     pids = [pid]
     for _ in range(5):
+        # Signal only a generation that serves (one still starting refuses to upgrade).
+        wait_for(lambda: _answer_from(port) == pids[-1], 30, what=f"pid {pids[-1]} to serve")
         proxy.send_signal(signal.SIGHUP)  # forwarded to whichever pid serves now
         new = wait_for(lambda: (p := _safe_pid(pidfile)) not in (None, *pids) and p, 30,
                        what="the server to re-exec")
@@ -174,6 +176,14 @@ def test_pidproxy_follows_a_server_that_reexecs_itself(procs, tmp_path):
     proxy.send_signal(signal.SIGTERM)
     assert proxy.wait(30) == 0
     assert all(process_state(p) in (None, "Z") for p in pids)
+
+
+def _answer_from(port):
+    """The pid that answers a request now (the demo server's body is its pid)."""
+    try:
+        return int(http_get(port).split(b"\r\n\r\n", 1)[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _safe_pid(pidfile):
