@@ -32,6 +32,7 @@ def send_control(pidfile: str, signal_name: str, *, wait: bool = False,
         print(f"graceful: {exc}", file=sys.stderr)
         return 2
     signum = signal.Signals["SIG" + signal_name]
+    before = set(_children(pid))  # (before the signal: a fast reload must not hide in here)
     os.kill(pid, signum)
     print(f"sent {signum.name} to pid {pid}")
     if not wait:
@@ -40,7 +41,6 @@ def send_control(pidfile: str, signal_name: str, *, wait: bool = False,
     if signal_name == "HUP":
         # A self re-exec shows as a new pid in the pidfile; a master keeps its pid and a
         # new generation of children replaces the old one.
-        before = set(_children(pid))
         while time.monotonic() < deadline:
             now = _safe_read(pidfile)
             if now is not None and now != pid and _alive(now):
