@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
 from ._loadgen import KINDS, LoadGenerator, Stats
+from ._proc import children as _children
 
 PATHS_MIXED = ("/fast", "/fast", "/fast", "/slow")
 
@@ -183,20 +184,6 @@ def _restart_master(server: "_Server") -> Optional[int]:
     _wait_until(lambda: bool(_children(master)) and not (set(_children(master)) & old), 60.0)
     new = set(_children(master)) - old
     return min(new) if new else None
-
-
-def _children(pid: int) -> List[int]:
-    kids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid and fields[0] != "Z":
-                kids.append(int(entry))
-    return kids
 
 
 def _serve_args(app: str, port: int, pidfile: str) -> List[str]:

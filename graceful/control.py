@@ -8,6 +8,7 @@ import sys
 import time
 from typing import List, Optional
 
+from . import _proc
 from .errors import GracefulError
 from .pidfile import read_pid
 
@@ -85,32 +86,18 @@ def _safe_read(pidfile: str) -> Optional[int]:
 
 
 def _alive(pid: int) -> bool:
-    state = _state(pid)
-    return state not in ("gone", "zombie")
+    return _proc.running(pid)
 
 
 def _state(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            code = f.read().rsplit(")", 1)[1].split()[0]
-    except OSError:
+    code = _proc.state(pid)
+    if code is None:
         return "gone"
     return {"R": "running", "S": "sleeping", "D": "waiting on I/O", "Z": "zombie",
             "T": "stopped"}.get(code, code)
 
 
-def _children(pid: int) -> List[int]:
-    kids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid and fields[0] != "Z":
-                kids.append(int(entry))
-    return sorted(kids)
+_children = _proc.children
 
 
 def _cmdline(pid: int) -> str:

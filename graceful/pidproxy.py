@@ -17,6 +17,7 @@ import signal
 import subprocess
 from typing import Dict, List, Optional, Sequence
 
+from . import _proc
 from .pidfile import read_pid
 from .signals import SignalDispatcher
 
@@ -101,25 +102,11 @@ def _reap(statuses: Dict[int, int]) -> None:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    return _proc.running(pid)
 
 
 def _children_alive() -> bool:
-    me = os.getpid()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == me and fields[0] != "Z":
-                return True
-    return False
+    return bool(_proc.children(os.getpid()))
 
 
 def _live_pid(pidfile: str) -> Optional[int]:

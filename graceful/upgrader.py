@@ -26,7 +26,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Union
 
-from . import systemd
+from . import _proc, systemd
 from .addresses import Address
 from .drain import DRAINING, LAME_DUCK, SERVING, STARTING, STOPPED, Lifecycle
 from .errors import GracefulError
@@ -422,16 +422,7 @@ def _describe_exit(returncode: Optional[int]) -> str:
 
 def _live(pids: Sequence[int]) -> List[int]:
     """The pids of ``pids`` that still run (zombies count as gone)."""
-    alive = []
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                state = f.read().rsplit(b")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if state not in (b"Z", b"X"):
-            alive.append(pid)
-    return alive
+    return [pid for pid in pids if _proc.running(pid)]
 
 
 def _start_command() -> List[str]:

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
-import textwrap
 
 import pytest
 

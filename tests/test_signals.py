@@ -8,7 +8,6 @@ import subprocess
 import textwrap
 import threading
 
-import pytest
 
 from _support import open_fds, read_line
 from graceful.errors import SignalError

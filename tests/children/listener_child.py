@@ -10,7 +10,6 @@ variables were removed from its environment.
 import json
 import os
 import selectors
-import socket
 import sys
 
 from graceful.listeners import Listeners
