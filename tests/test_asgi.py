@@ -135,3 +135,19 @@ def test_sighup_upgrades_under_load_and_a_failing_lifespan_is_rolled_back(procs,
     assert process_state(pid) not in (None, "Z")  # the last good generation still serves
     os.kill(pid, signal.SIGQUIT)
     wait_for(lambda: _gone(pid), 30)
+
+
+def test_ten_upgrades_of_graceful_serve_leak_no_fd(procs, tmp_path):
+    for app in ("asgi_app.py:app", "wsgi_app.py:app"):
+        served = Served(procs, tmp_path, app)
+        pid = served.proc.pid
+        baseline = len(os.listdir(f"/proc/{pid}/fd"))
+        pids = [pid]
+        for _ in range(10):
+            new = _upgrade(served, pid, pids)
+            wait_for(lambda: _gone(pid), 30, what=f"generation {pid} to exit")
+            pid = new
+            pids.append(pid)
+            assert len(os.listdir(f"/proc/{pid}/fd")) == baseline, (app, os.listdir(f"/proc/{pid}/fd"))
+        os.kill(pid, signal.SIGQUIT)
+        wait_for(lambda: _gone(pid), 30)
