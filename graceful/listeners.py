@@ -208,6 +208,10 @@ class Listeners:
         self._unclaimed: List[Tuple[str, socket.socket]] = list(inherited)
         self._claimed: Dict[str, socket.socket] = {}
 
+    def add_inherited(self, name: str, fd: int, *, source: str) -> None:
+        """Adopt ``fd`` (received from elsewhere, e.g. a handoff) as the inherited ``name``."""
+        self._unclaimed.append((name, adopt(fd, source=source)))
+
     @classmethod
     def from_environ(cls, environ: Optional[MutableMapping[str, str]] = None) -> "Listeners":
         """Adopt the listeners named in the environment, and remove those variables."""

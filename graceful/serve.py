@@ -133,7 +133,8 @@ def run(args: Any) -> int:
     access_log = AccessLog(args.access_log) if args.access_log else None
     upgrader = Upgrader(pidfile=args.pidfile, ready_timeout=args.ready_timeout,
                         graceful_timeout=args.graceful_timeout,
-                        shutdown_delay=args.shutdown_delay)
+                        shutdown_delay=args.shutdown_delay,
+                        handoff_socket=args.handoff_socket, takeover=args.takeover)
     if access_log is not None:
         upgrader.on_signal(signal.SIGUSR1, lambda signum: access_log.reopen())
     try:
@@ -173,6 +174,8 @@ def run_workers(args: Any) -> int:
     binds: List[str] = args.bind or ["web=127.0.0.1:8000"]
     for bind in binds:
         parse_bind(bind)
+    if args.handoff_socket or args.takeover:
+        raise GracefulError("--handoff-socket and --takeover do not work with --workers yet")
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s [%(process)d] %(levelname)s %(message)s")
     worker = [sys.executable, "-m", "graceful", "serve", args.app]
@@ -236,6 +239,12 @@ def add_arguments(parser: Any) -> None:
                         help="most header fields in a request, else 431 (100)")
     parser.add_argument("--max-body", type=_positive_int, default=None,
                         help="largest request body in bytes, else 413 (no limit)")
+    parser.add_argument("--handoff-socket", metavar="PATH",
+                        help="serve a Unix socket (0600, or @abstract) from which an unrelated "
+                             "new process can take the listeners over")
+    parser.add_argument("--takeover", metavar="PATH",
+                        help="take the listeners over from the process serving this handoff "
+                             "socket, instead of binding")
     parser.add_argument("--access-log", metavar="FILE",
                         help="Common Log Format to FILE, or - for stderr; reopened on SIGUSR1")
     parser.add_argument("--log-level", default="info",

@@ -79,6 +79,9 @@ class Upgrader:
         idle_grace: float = 0.5,
         install_signals: bool = True,
         environ: Optional[Dict[str, str]] = None,
+        handoff_socket: Optional[str] = None,
+        takeover: Optional[str] = None,
+        handoff_uids: Optional[Sequence[int]] = None,
     ) -> None:
         self._environ = os.environ if environ is None else environ
         self.ready_timeout = ready_timeout
@@ -97,8 +100,15 @@ class Upgrader:
         self._ready_fd: Optional[int] = inherited.ready_fd
         self._ancestors: List[int] = inherited.ancestors
         self.listeners = Listeners.from_environ(self._environ)
+        self.handoff_socket = handoff_socket
+        self.handoff_uids = handoff_uids
+        self._handoff_server = None
+        self._takeover_conn = None
+        self._takeover_pid: Optional[int] = None
+        if takeover is not None:
+            self._take_over(takeover)
         self.pidfile = Pidfile(pidfile) if pidfile is not None else None
-        if self.pidfile is not None and not self.has_parent:
+        if self.pidfile is not None and not self.has_parent and self._takeover_pid is None:
             # A first generation takes the pidfile at once, so a second copy started by mistake
             # fails before it binds anything.
             self.pidfile.acquire()
@@ -134,14 +144,19 @@ class Upgrader:
         closed = self.listeners.close_unclaimed()
         if closed:
             log.info("closed inherited listeners nobody claimed: %s", ", ".join(closed))
-        if self.pidfile is not None and self.has_parent:
-            self.pidfile.handover(self.parent_pid)  # type: ignore[arg-type]
+        predecessor = self.parent_pid if self.has_parent else self._takeover_pid
+        if self.pidfile is not None and predecessor is not None:
+            self.pidfile.handover(predecessor)
         self.lifecycle.serving()
         if self._ready_fd is not None:
             _report_ready(self._ready_fd)
             self._ready_fd = None
         else:
+            if self._takeover_conn is not None:
+                self._confirm_takeover()
             systemd.ready()
+        if self.handoff_socket is not None:
+            self._serve_handoff()
         log.info("ready: pid %d serving %s", os.getpid(),
                  ", ".join(name for name, _ in self.listeners.items()) or "no listeners")
 
@@ -178,6 +193,10 @@ class Upgrader:
         if self._closed:
             return
         self._closed = True
+        if self._handoff_server is not None:
+            self._handoff_server.close()
+        if self._takeover_conn is not None:
+            self._takeover_conn.close()
         self.lifecycle.stopped()
         self.listeners.close()
         if self.pidfile is not None:
@@ -186,6 +205,40 @@ class Upgrader:
         if self._signals is not None:
             self._signals.close()
             self._signals = None
+
+    # -- handoff to and from unrelated processes -------------------------------------------
+
+    def _take_over(self, path: str) -> None:
+        from .handoff import take_over
+
+        conn, pid, pairs = take_over(path, self.ready_timeout)
+        try:
+            for name, fd in pairs:
+                self.listeners.add_inherited(name, fd, source=f"handoff from pid {pid}")
+        except BaseException:
+            conn.close()
+            raise
+        self._takeover_conn, self._takeover_pid = conn, pid
+        log.info("took %d listener(s) over from pid %d via %s", len(pairs), pid, path)
+
+    def _confirm_takeover(self) -> None:
+        from .handoff import HandoffError, confirm_ready
+
+        conn, self._takeover_conn = self._takeover_conn, None
+        try:
+            confirm_ready(conn, self.ready_timeout)
+        except HandoffError as exc:
+            log.warning("%s; serving anyway", exc)
+
+    def _serve_handoff(self) -> None:
+        from .handoff import HandoffServer
+
+        def handed_over(pid: int) -> None:
+            self.lifecycle.drain(f"handed over to pid {pid}", last_holder=False)
+
+        self._handoff_server = HandoffServer(
+            self.handoff_socket, self.listeners.items, handed_over,  # type: ignore[arg-type]
+            ready_timeout=self.ready_timeout, allowed_uids=self.handoff_uids)
 
     def _give_up_ready_fd(self) -> None:
         """Close the readiness pipe unused: the predecessor sees EOF and keeps serving."""

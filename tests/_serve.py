@@ -15,10 +15,13 @@ APPS = os.path.join(ROOT, "tests", "apps")
 class Served:
     """``python -m graceful serve APP`` on a free loopback port; stderr goes to a log file."""
 
+    _count = 0
+
     def __init__(self, procs, tmp_path, app: str, *extra: str, port: Optional[int] = None,
                  binds: Optional[List[str]] = None, env=None, wait: bool = True) -> None:
         self.port = port or free_port()
-        self.log_path = tmp_path / f"serve-{self.port}.log"
+        Served._count += 1
+        self.log_path = tmp_path / f"serve-{self.port}-{Served._count}.log"
         binds = binds or [f"web=127.0.0.1:{self.port}"]
         args = ["-m", "graceful", "serve", os.path.join(APPS, app)]
         for bind in binds:

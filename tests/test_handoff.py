@@ -1,0 +1,119 @@
+"""Socket handoff to an unrelated process over a Unix socket, with real processes."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from _serve import Served
+from _support import ROOT, Load, process_state, reap_orphans, wait_for
+
+
+def _gone(pid):
+    reap_orphans()
+    return process_state(pid) in (None, "Z")
+
+
+def test_an_unrelated_process_takes_over_under_load_twice(procs, tmp_path):
+    handoff = str(tmp_path / "handoff.sock")
+    first = Served(procs, tmp_path, "wsgi_app.py:app", "--handoff-socket", handoff)
+    assert os.stat(handoff).st_mode & 0o777 == 0o600
+    load = Load(first.port, keepalive=True, paths=("/hello",) * 4 + ("/slow",), clients=4).start()
+    fresh = Load(first.port, keepalive=False, paths=("/hello",) * 4 + ("/slow",), clients=4).start()
+    previous = first
+    for _ in range(2):
+        load.wait_requests(load.total + 100)
+        # Not a child of the old process: started independently, on the same port spec.
+        taker = Served(procs, tmp_path, "wsgi_app.py:app", "--takeover", handoff,
+                       "--handoff-socket", handoff, port=first.port)
+        assert previous.proc.wait(30) == 0  # the old one drained and exited
+        assert f"took 1 listener(s) over from pid {previous.proc.pid}" in taker.log()
+        previous = taker
+    for lg in (load, fresh):
+        lg.wait_requests(lg.total + 100)
+        lg.stop()
+    assert load.failures == [] and fresh.failures == []
+    assert previous.proc.pid in set(load.pids) | set(fresh.pids)
+    previous.proc.send_signal(signal.SIGQUIT)
+    assert previous.proc.wait(30) == 0
+    assert not os.path.exists(handoff)  # the last holder removed its own socket file
+
+
+def test_takeover_from_nothing_is_a_clear_error(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "graceful", "serve", "x:app", "--takeover",
+                             str(tmp_path / "none.sock")], capture_output=True, text=True,
+                            timeout=60, env=dict(os.environ, PYTHONPATH=ROOT), cwd=str(tmp_path))
+    assert result.returncode == 2
+    assert "cannot connect to handoff socket" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch a child to uid 65534")
+def test_another_uid_is_refused_and_the_server_is_unaffected(procs, tmp_path):
+    handoff = f"@graceful-test-{uuid.uuid4().hex}"  # abstract: SO_PEERCRED is the only gate
+    served = Served(procs, tmp_path, "wsgi_app.py:app", "--handoff-socket", handoff)
+    before = len(os.listdir(f"/proc/{served.proc.pid}/fd"))
+    load = Load(served.port, keepalive=True, paths=("/hello",), clients=2).start()
+    load.wait_requests(20)
+    code = ("import os, sys\n"
+            f"sys.path.insert(0, {ROOT!r})\n"
+            "from graceful.handoff import take_over, HandoffError\n"
+            "os.setgid(65534); os.setuid(65534)  # after the imports: /root is not readable\n"
+            "try:\n"
+            f"    take_over({handoff!r}, 10)\n"
+            "except HandoffError as exc:\n"
+            "    print(exc)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60)
+    assert "uid 65534 may not take these sockets" in result.stdout, result
+    load.wait_requests(load.total + 20)
+    load.stop()
+    assert load.failures == []
+    served.wait(lambda: "handoff refused to pid" in served.log(), 10)
+    served.wait(lambda: len(os.listdir(f"/proc/{served.proc.pid}/fd")) == before, 10,
+                what=f"{before} open fds")
+
+
+@pytest.mark.parametrize("garbage", [
+    b"\x00\x00\x00\x01x",                    # a frame too short
+    b"\xff\xff\xff\xff",                      # a frame too long
+    b"\x00\x00\x00\x04\x09\x01{}",            # an unknown version
+    b"\x00\x00\x00\x03\x01\x01{",             # truncated JSON
+    b"\x00\x00\x00\x0c\x01\x01{\"pid\":1}",   # a HELLO, then silence would be next: see below
+])
+def test_garbage_closes_that_connection_and_leaks_nothing(procs, tmp_path, garbage):
+    handoff = str(tmp_path / "h.sock")
+    served = Served(procs, tmp_path, "wsgi_app.py:app", "--handoff-socket", handoff,
+                    "--ready-timeout", "1")
+    before = len(os.listdir(f"/proc/{served.proc.pid}/fd"))
+    with socket.socket(socket.AF_UNIX) as conn:
+        conn.settimeout(30)
+        conn.connect(handoff)
+        conn.sendall(garbage)
+        if garbage.endswith(b'{"pid":1}'):
+            conn.recv(65536)  # the listeners arrive; we never say READY: the server times out
+        while conn.recv(65536):
+            pass  # until the server closes this connection
+    served.wait(lambda: "did not happen, still serving" in served.log(), 30)
+    assert re.search(r"HTTP/1.1 200", _get(served.port))
+    # (the HTTP connection just served is closed by the server a moment later)
+    served.wait(lambda: len(os.listdir(f"/proc/{served.proc.pid}/fd")) == before, 10,
+                what=f"{before} open fds")
+    assert process_state(served.proc.pid) not in (None, "Z")
+
+
+def _get(port):
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"GET /hello HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return data.decode("latin-1")
+            data += chunk
