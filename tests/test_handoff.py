@@ -117,3 +117,21 @@ def _get(port):
             if not chunk:
                 return data.decode("latin-1")
             data += chunk
+
+
+def test_slow_requests_in_flight_at_the_old_process_all_complete(procs, tmp_path):
+    from _serve import Client
+    from _support import wait_established
+
+    handoff = str(tmp_path / "handoff.sock")
+    old = Served(procs, tmp_path, "wsgi_app.py:app", "--handoff-socket", handoff)
+    slow = [Client(old.connect()) for _ in range(4)]
+    for c in slow:
+        c.send(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+    wait_established(old.port, [c.sock for c in slow])
+    new = Served(procs, tmp_path, "wsgi_app.py:app", "--takeover", handoff, port=old.port)
+    for c in slow:
+        r = c.response()
+        assert r.status == 200 and r.body == b"slow\n"
+    assert old.proc.wait(30) == 0
+    assert Client(new.connect()).request("GET", "/hello").headers["x-pid"] == str(new.proc.pid)
