@@ -7,6 +7,7 @@
 
 Strategies: reexec (graceful: SIGHUP, self re-exec of a socketserver app), naive (SIGTERM, then
 start again), serve-wsgi and serve-asgi (``graceful serve`` with benchmarks/apps.py, SIGHUP),
+handoff (a new, unrelated ``graceful serve --takeover`` process takes the sockets over),
 master (``graceful serve --workers 2``: the master keeps its pid), run (``graceful run`` over
 examples/systemd_style_server.py), run-gunicorn and run-uvicorn (``graceful run`` wrapping them,
 when they are installed; never a dependency).

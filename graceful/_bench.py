@@ -56,6 +56,7 @@ class _Server:
 
     def __init__(self, args: List[str], pidfile: str, ready_port: Optional[int] = None) -> None:
         self.args, self.pidfile, self.ready_port = args, pidfile, ready_port
+        self.previous: List[subprocess.Popen] = []  # generations replaced by a takeover
         self.proc = self._spawn()
 
     def _spawn(self) -> subprocess.Popen:
@@ -83,10 +84,21 @@ class _Server:
         self.proc.stdout.close()  # type: ignore[union-attr]
         self.proc = self._spawn()
 
+    def take_over(self, args: List[str]) -> int:
+        """Start an independent process that takes the sockets over; returns its pid once the
+        pidfile names it (it is ready and the old process drains)."""
+        self.previous.append(self.proc)
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)
+        _wait_until(lambda: self.pid() == self.proc.pid or self.proc.poll() is not None, 30.0)
+        self.previous = [old for old in self.previous if old.poll() is None]  # reaps the exited
+        return self.proc.pid
+
     def close(self) -> None:
-        _kill_group(self.proc)
-        if self.proc.stdout:
-            self.proc.stdout.close()
+        for proc in [*self.previous, self.proc]:
+            _kill_group(proc)
+            if proc.stdout:
+                proc.stdout.close()
 
 
 def _read_line(proc: subprocess.Popen, timeout: float) -> bytes:
@@ -186,6 +198,13 @@ def _restart_master(server: "_Server") -> Optional[int]:
     return min(new) if new else None
 
 
+def _restart_handoff(server: "_Server") -> Optional[int]:
+    """A new, unrelated process takes the listeners over through the handoff socket."""
+    handoff = server.args[server.args.index("--handoff-socket") + 1]
+    new = server.take_over([*server.args, "--takeover", handoff])
+    return new if server.pid() == new else None
+
+
 def _serve_args(app: str, port: int, pidfile: str) -> List[str]:
     apps = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                         "benchmarks", "apps.py")
@@ -220,6 +239,8 @@ STRATEGIES: Dict[str, dict] = {
                    "restart": _restart_reexec, "lossless": True},
     "serve-asgi": {"description": "graceful serve (ASGI): SIGHUP", "serve": "asgi",
                    "restart": _restart_reexec, "lossless": True},
+    "handoff": {"description": "serve: takeover by a new process", "serve": "wsgi",
+                "handoff": True, "restart": _restart_handoff, "lossless": True},
     "master": {"description": "serve --workers 2: SIGHUP", "master": "master",
                "restart": _restart_master, "lossless": True},
     "run": {"description": "graceful run (stdlib server): SIGHUP", "master": "run",
@@ -249,7 +270,10 @@ def run_strategy(strategy: str, *, restarts: int = 5, duration: float = 10.0,
         if "master" in spec:
             server = _Server(_master_args(spec["master"], port, pidfile), pidfile, ready_port=port)
         elif "serve" in spec:
-            server = _Server(_serve_args(spec["serve"], port, pidfile), pidfile, ready_port=port)
+            args = _serve_args(spec["serve"], port, pidfile)
+            if spec.get("handoff"):
+                args += ["--handoff-socket", os.path.join(tmp, "handoff.sock")]
+            server = _Server(args, pidfile, ready_port=port)
         else:
             server = _Server(_server_args(port, pidfile, *spec["extra"]), pidfile)
         stats = Stats()
