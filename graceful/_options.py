@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from typing import Callable, Optional
 
-from .http11 import Limits
+from .http11 import Limits, Request
 
 
 class ServerOptions:
@@ -22,3 +23,12 @@ class ServerOptions:
         self.ready_path = ready_path.encode() if ready_path else None
         self.access_log = access_log
         self.url_scheme = url_scheme
+
+
+def access_log_line(remote: str, started: float, request: Request, status: object,
+                    sent: int) -> str:
+    """One Common Log Format line."""
+    when = time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(started))
+    return (f'{remote} - - [{when}] "{request.method.decode("latin-1")} '
+            f'{request.target.decode("latin-1")} HTTP/{request.version.decode()}" '
+            f'{status} {sent}')

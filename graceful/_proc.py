@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-from typing import List, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
-__all__ = ["state", "running", "children"]
+__all__ = ["state", "running", "children", "reap_exited"]
 
 
 def _stat(pid: int) -> Optional[Tuple[str, int]]:
@@ -38,3 +38,15 @@ def children(pid: int) -> List[int]:
             if stat is not None and stat[1] == pid and stat[0] not in ("Z", "X"):
                 kids.append(int(entry))
     return sorted(kids)
+
+
+def reap_exited() -> Iterator[Tuple[int, int]]:
+    """(pid, wait status) of every child that has exited, reaping each; never blocks."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        yield pid, status

@@ -21,7 +21,7 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tup
 from urllib.parse import unquote_to_bytes
 
 from . import http11
-from ._options import ServerOptions
+from ._options import ServerOptions, access_log_line
 from .asyncio_adapter import AsyncioDrain
 from .http11 import NEED_DATA, Body, EndOfMessage, HTTPError, Request, RequestParser
 from .upgrader import Upgrader
@@ -551,12 +551,8 @@ class _Cycle:
         access_log = self.protocol.options.access_log
         if access_log is None:
             return
-        request = self.request
         remote = self.protocol.client[0] if self.protocol.client else "-"
-        when = time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(self.started))
-        access_log(f'{remote} - - [{when}] "{request.method.decode("latin-1")} '
-                   f'{request.target.decode("latin-1")} HTTP/{request.version.decode()}" '
-                   f'{self.status} {self.sent}')
+        access_log(access_log_line(remote, self.started, self.request, self.status, self.sent))
 
 
 _HOP_BY_HOP = frozenset((b"connection", b"transfer-encoding", b"keep-alive"))

@@ -36,7 +36,7 @@ import socket
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from . import systemd
+from . import _proc, systemd
 from .errors import GracefulError
 from .fdenv import ENV_FDS, encode_fds
 from .upgrader import ENV_PARENT_PID, ENV_READY_FD, Upgrader, UpgradeError
@@ -426,13 +426,7 @@ class Master:
             worker.kill_at = time.monotonic() + self.lifecycle.graceful_timeout
 
     def _reap(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+        for pid, status in _proc.reap_exited():
             self._on_exit(pid, status)
 
     def _on_exit(self, pid: int, status: int) -> None:

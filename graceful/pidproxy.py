@@ -91,14 +91,7 @@ def _wait_exit(pid: int, dispatcher: SignalDispatcher) -> None:
 
 
 def _reap(statuses: Dict[int, int]) -> None:
-    while True:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        statuses[pid] = status
+    statuses.update(_proc.reap_exited())
 
 
 def _alive(pid: int) -> bool:

@@ -28,7 +28,7 @@ from . import http11
 from .drain import accept_backlog, close_gently
 from .http11 import NEED_DATA, Body, EndOfMessage, HTTPError, Limits, Request, RequestParser
 from .upgrader import Upgrader
-from ._options import ServerOptions
+from ._options import ServerOptions, access_log_line
 
 __all__ = ["WSGIServer", "FileWrapper", "ServerOptions"]
 
@@ -602,13 +602,9 @@ class _Exchange:
         access_log = self.server.options.access_log
         if access_log is None:
             return
-        request = self.request
         remote = "-" if self.conn.unix else self.conn.peer[0]
-        when = time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(self.started))
         status = self.status[:3] if self.status else "-"
-        access_log(f'{remote} - - [{when}] "{request.method.decode("latin-1")} '
-                   f'{request.target.decode("latin-1")} HTTP/{request.version.decode()}" '
-                   f'{status} {self.sent}')
+        access_log(access_log_line(remote, self.started, self.request, status, self.sent))
 
 
 class _ClientGone(Exception):

@@ -13,7 +13,7 @@ import uuid
 import pytest
 
 from _serve import Served
-from _support import ROOT, Load, process_state, reap_orphans, wait_for
+from _support import ROOT, Load, process_state, reap_orphans
 
 
 def _gone(pid):

@@ -309,7 +309,7 @@ def test_sigquit_before_ready_exits_cleanly_and_serves_what_was_queued(procs, tm
             print("STARTING", flush=True)
             deadline = time.monotonic() + 30
             while not os.path.exists({str(go)!r}) and time.monotonic() < deadline:
-                time.sleep(0.01)
+                time.sleep(0.01)  # sleep-ok: the app's bounded poll for the test's go file
     """))
     port = free_port()
     pidfile = tmp_path / "server.pid"

@@ -47,7 +47,7 @@ def _app(environ, start_response):
     if path == "/error":
         raise RuntimeError("the application failed on purpose")
     if path == "/slow":
-        time.sleep(0.2)
+        time.sleep(0.2)  # sleep-ok: the slow request under test
         body = b"slow\n"
         start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5"),
                                   ("X-Pid", str(os.getpid()))])
