@@ -63,6 +63,10 @@ class HandoffServer:
         self.sock, self._inode = _bind_handoff_socket(path)
         self._stop_r, self._stop_w = os.pipe()
         self._done = False
+        # Made here, not in the thread: every fd of the server exists once it says it is open.
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self.sock, selectors.EVENT_READ)
+        self._selector.register(self._stop_r, selectors.EVENT_READ)
         self._thread = threading.Thread(target=self._serve, name="graceful-handoff", daemon=True)
         self._thread.start()
         log.info("handoff socket %s is open", path)
@@ -87,9 +91,7 @@ class HandoffServer:
                 pass
 
     def _serve(self) -> None:
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.sock, selectors.EVENT_READ)
-            selector.register(self._stop_r, selectors.EVENT_READ)
+        with self._selector as selector:
             while not self._done:
                 events = selector.select()
                 if any(key.fd == self._stop_r for key, _ in events):
