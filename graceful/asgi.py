@@ -474,28 +474,10 @@ class _Cycle:
         self.response_started = True
 
     def _build_head(self, first_body: Optional[int]) -> bytes:
-        request = self.request
-        headers = self.headers
-        no_body = self.no_body
-        if self.length is not None:
-            headers.append((b"content-length", str(self.length).encode()))
-        elif not no_body:
-            if first_body is not None:
-                self.length = first_body
-                headers.append((b"content-length", str(first_body).encode()))
-            elif request.version == b"1.1":
-                self.chunked = True
-                headers.append((b"transfer-encoding", b"chunked"))
-            else:
-                self.keep_alive = False
-        if self.protocol.drain.draining:
-            self.keep_alive = False
-        if not self.keep_alive:
-            headers.append((b"connection", b"close"))
-        elif request.version == b"1.0":
-            headers.append((b"connection", b"keep-alive"))
-        headers.append((b"date", http11.http_date()))
-        return http11.response_head(http11.status_line(self.status), headers)
+        head, self.length, self.chunked, self.keep_alive = http11.frame_response(
+            self.request, self.status, http11.status_line(self.status), self.headers,
+            self.length, first_body, self.keep_alive, self.protocol.drain.draining)
+        return head
 
     def _body(self, data: bytes, more: bool) -> None:
         out = b""

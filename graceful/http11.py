@@ -205,18 +205,22 @@ class RequestParser:
         elif len(buf) > limits.max_header_bytes + limits.max_request_line:
             raise HTTPError(431, "request header fields too large")
 
-    def _length_body(self) -> Event:
-        if self._left == 0:
-            self._state = _DONE
-            return EndOfMessage()
+    def _take_body(self) -> Body:
+        """Up to ``_left`` buffered body bytes (the caller checked some are buffered)."""
         buf = self._buf
-        if not buf:
-            return NEED_DATA
         n = min(self._left, len(buf))
         data = bytes(buf[:n])
         del buf[:n]
         self._left -= n
         return Body(data)
+
+    def _length_body(self) -> Event:
+        if self._left == 0:
+            self._state = _DONE
+            return EndOfMessage()
+        if not self._buf:
+            return NEED_DATA
+        return self._take_body()
 
     def _chunked_body(self) -> Event:
         buf = self._buf
@@ -224,13 +228,10 @@ class RequestParser:
             if self._left:
                 if not buf:
                     return NEED_DATA
-                n = min(self._left, len(buf))
-                data = bytes(buf[:n])
-                del buf[:n]
-                self._left -= n
+                body = self._take_body()
                 if self._left == 0:
                     self._chunk_crlf = True
-                return Body(data)
+                return body
             if self._chunk_crlf:
                 if len(buf) < 2:
                     return NEED_DATA
@@ -426,6 +427,39 @@ REASONS = {
     501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable",
     504: "Gateway Timeout", 505: "HTTP Version Not Supported",
 }
+
+
+def frame_response(request: Request, status: int, status_text: bytes, headers: Headers,
+                   length: Optional[int], body_length: Optional[int], keep_alive: bool,
+                   draining: bool) -> Tuple[bytes, Optional[int], bool, bool]:
+    """Decide how a response body is framed, and build the head.
+
+    ``length`` is the Content-Length the application declared (None if it did not);
+    ``body_length`` the size of the whole body when it is already known (one write). Returns
+    ``(head, length, chunked, keep_alive)``: a known length is sent as Content-Length, an
+    unknown one is chunked in HTTP/1.1 and ends at the close in HTTP/1.0.
+    """
+    headers = list(headers)
+    chunked = False
+    if length is not None:
+        headers.append((b"content-length", b"%d" % length))
+    elif not no_body_expected(request.method, status):
+        if body_length is not None:
+            length = body_length
+            headers.append((b"content-length", b"%d" % length))
+        elif request.version == b"1.1":
+            chunked = True
+            headers.append((b"transfer-encoding", b"chunked"))
+        else:
+            keep_alive = False  # an HTTP/1.0 body without a length ends at the close
+    if draining:
+        keep_alive = False
+    if not keep_alive:
+        headers.append((b"connection", b"close"))
+    elif request.version == b"1.0":
+        headers.append((b"connection", b"keep-alive"))
+    headers.append((b"date", http_date()))
+    return response_head(status_text, headers), length, chunked, keep_alive
 
 
 def response_head(status_line: bytes, headers: Headers) -> bytes:

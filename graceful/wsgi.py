@@ -391,7 +391,7 @@ class _Exchange:
         ready = self.server.lifecycle.ready_for_traffic
         body = b"ready\n" if ready else b"not ready\n"
         self.status = "200 OK" if ready else "503 Service Unavailable"
-        self.headers = [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))]
+        self.headers = [("Content-Type", "text/plain")]
         self.length = len(body)
         self._send(body, final=True)
 
@@ -440,7 +440,7 @@ class _Exchange:
         reason = http11.REASONS.get(status, "Error")
         self.status = f"{status} {reason}"
         body = reason.encode() + b"\n"
-        self.headers = [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))]
+        self.headers = [("Content-Type", "text/plain")]
         self.length = len(body)
         self._send(body, final=True)
 
@@ -506,12 +506,10 @@ class _Exchange:
                 if not value.isascii() or not value.strip().isdigit():
                     raise ValueError(f"invalid Content-Length {value!r}")
                 length = int(value)
-                continue  # sent once, by _head
+                continue  # sent once, by frame_response
             elif lower in ("connection", "transfer-encoding", "keep-alive"):
                 continue  # hop-by-hop: the server decides framing and persistence
             checked.append((name, value))
-        if length is not None:
-            checked.append(("Content-Length", str(length)))
         self.status = status
         self.headers = checked
         self.length = length
@@ -526,27 +524,11 @@ class _Exchange:
 
     def _head(self, body_length: Optional[int]) -> bytes:
         assert self.status is not None, "the application returned without calling start_response"
-        request = self.request
-        status_code = int(self.status[:3])
         headers = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in self.headers]
-        no_body = http11.no_body_expected(request.method, status_code)
-        if self.length is None and not no_body:
-            if body_length is not None:
-                self.length = body_length
-                headers.append((b"Content-Length", str(body_length).encode()))
-            elif request.version == b"1.1":
-                self.chunked = True
-                headers.append((b"Transfer-Encoding", b"chunked"))
-            else:
-                self.keep_alive = False  # an HTTP/1.0 body without a length ends at the close
-        if self.server.lifecycle.draining:
-            self.keep_alive = False
-        if not self.keep_alive:
-            headers.append((b"Connection", b"close"))
-        elif request.version == b"1.0":
-            headers.append((b"Connection", b"keep-alive"))
-        headers.append((b"Date", http11.http_date()))
-        return http11.response_head(self.status.encode("latin-1"), headers)
+        head, self.length, self.chunked, self.keep_alive = http11.frame_response(
+            self.request, int(self.status[:3]), self.status.encode("latin-1"), headers,
+            self.length, body_length, self.keep_alive, self.server.lifecycle.draining)
+        return head
 
     def _send(self, data: bytes, final: bool) -> None:
         if not isinstance(data, bytes):
