@@ -31,6 +31,7 @@ class RunResult:
     handovers: List[float] = field(default_factory=list)  # seconds
     stats: Stats = field(default_factory=Stats)
     errors: List[str] = field(default_factory=list)  # restarts that did not complete
+    restarted_at: List[float] = field(default_factory=list)  # seconds since the load began
 
     def to_dict(self) -> dict:
         ordered = sorted(self.handovers)
@@ -43,6 +44,7 @@ class RunResult:
                 "max": round(ordered[-1] * 1000, 1) if ordered else None,
             },
             "restart_errors": list(self.errors),
+            "restarted_at": [round(t, 3) for t in self.restarted_at],
             **self.stats.to_dict(),
         }
 
@@ -288,6 +290,7 @@ def run_strategy(strategy: str, *, restarts: int = 5, duration: float = 10.0,
                 time.sleep(interval)  # pacing of the benchmark, not synchronisation
                 before = {pid for load in loads for pid in load.stats.first_seen}
                 signalled = time.monotonic()
+                result.restarted_at.append(signalled - stats.started)
                 new = spec["restart"](server)
                 # Handover: the first response from any pid not seen before (a master's new
                 # workers, or a wrapped server's own worker processes).
