@@ -8,6 +8,9 @@
 Strategies: reexec (graceful: SIGHUP, self re-exec of a socketserver app), naive (SIGTERM, then
 start again), serve-wsgi and serve-asgi (``graceful serve`` with benchmarks/apps.py, SIGHUP),
 handoff (a new, unrelated ``graceful serve --takeover`` process takes the sockets over),
+reuseport (a new ``serve --reuse-port`` process binds beside the old one, which gets SIGTERM
+once the new one is ready), reuseport-naive (the same with a plain stdlib server that closes
+without steering),
 master (``graceful serve --workers 2``: the master keeps its pid), run (``graceful run`` over
 examples/systemd_style_server.py), run-gunicorn and run-uvicorn (``graceful run`` wrapping them,
 when they are installed; never a dependency).

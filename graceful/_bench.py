@@ -56,14 +56,17 @@ class _Server:
     ``GET /-/ready`` answers 200 (``graceful serve --ready-path /-/ready``).
     """
 
-    def __init__(self, args: List[str], pidfile: str, ready_port: Optional[int] = None) -> None:
+    def __init__(self, args: List[str], pidfile: str, ready_port: Optional[int] = None,
+                 env: Optional[Dict[str, str]] = None) -> None:
         self.args, self.pidfile, self.ready_port = args, pidfile, ready_port
+        self.env = {**os.environ, **(env or {})}
         self.previous: List[subprocess.Popen] = []  # generations replaced by a takeover
+        self._notify = None  # NOTIFY_SOCKET for processes started beside (SO_REUSEPORT)
         self.proc = self._spawn()
 
     def _spawn(self) -> subprocess.Popen:
         proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+                                start_new_session=True, env=self.env)
         if self.ready_port is not None:
             up = _wait_until(lambda: proc.poll() is not None or _answers(self.ready_port), 30.0)
             up = up and proc.poll() is None
@@ -96,11 +99,37 @@ class _Server:
         self.previous = [old for old in self.previous if old.poll() is None]  # reaps the exited
         return self.proc.pid
 
+    def start_beside(self) -> Optional[int]:
+        """Start an independent second process on the same SO_REUSEPORT address; once it
+        says READY=1 (sd_notify), stop the old one with SIGTERM. Returns the new pid."""
+        import socket
+
+        if self._notify is None:  # one for all generations: they notify until they exit
+            self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self._notify.bind(os.path.join(os.path.dirname(self.pidfile), "notify"))
+            self._notify.settimeout(30.0)
+        proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                                start_new_session=True,
+                                env={**self.env, "NOTIFY_SOCKET": self._notify.getsockname()})
+        try:  # only a starting process says READY=1; the others say STOPPING=1
+            while b"READY=1" not in self._notify.recv(4096).split(b"\n"):
+                pass
+        except OSError:
+            _kill_group(proc)
+            return None
+        old, self.proc = self.proc, proc
+        self.previous.append(old)
+        old.terminate()
+        self.previous = [p for p in self.previous if p.poll() is None]  # reaps the exited
+        return proc.pid
+
     def close(self) -> None:
         for proc in [*self.previous, self.proc]:
             _kill_group(proc)
             if proc.stdout:
                 proc.stdout.close()
+        if self._notify is not None:
+            self._notify.close()
 
 
 def _read_line(proc: subprocess.Popen, timeout: float) -> bytes:
@@ -207,6 +236,11 @@ def _restart_handoff(server: "_Server") -> Optional[int]:
     return new if server.pid() == new else None
 
 
+def _restart_beside(server: "_Server") -> Optional[int]:
+    """SO_REUSEPORT: a new process binds beside the old one, which is stopped once it is ready."""
+    return server.start_beside()
+
+
 def _serve_args(app: str, port: int, pidfile: str) -> List[str]:
     apps = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                         "benchmarks", "apps.py")
@@ -243,6 +277,11 @@ STRATEGIES: Dict[str, dict] = {
                    "restart": _restart_reexec, "lossless": True},
     "handoff": {"description": "serve: takeover by a new process", "serve": "wsgi",
                 "handoff": True, "restart": _restart_handoff, "lossless": True},
+    "reuseport": {"description": "serve --reuse-port: new process beside, TERM old",
+                  "serve": "wsgi", "reuseport": True, "restart": _restart_beside,
+                  "lossless": True},
+    "reuseport-naive": {"description": "naive: stdlib server beside, TERM old",
+                        "naive-reuseport": True, "restart": _restart_beside, "lossless": False},
     "master": {"description": "serve --workers 2: SIGHUP", "master": "master",
                "restart": _restart_master, "lossless": True},
     "run": {"description": "graceful run (stdlib server): SIGHUP", "master": "run",
@@ -275,7 +314,13 @@ def run_strategy(strategy: str, *, restarts: int = 5, duration: float = 10.0,
             args = _serve_args(spec["serve"], port, pidfile)
             if spec.get("handoff"):
                 args += ["--handoff-socket", os.path.join(tmp, "handoff.sock")]
-            server = _Server(args, pidfile, ready_port=port)
+            if spec.get("reuseport"):  # two processes at once: no pidfile to fight over
+                at = args.index("--pidfile")
+                args[at:at + 2] = ["--reuse-port"]
+            server = _Server(args, pidfile, ready_port=port, env=spec.get("env"))
+        elif "naive-reuseport" in spec:
+            server = _Server([sys.executable, _repo_file("benchmarks", "naive_reuseport_server.py"),
+                              str(port)], pidfile, ready_port=port)
         else:
             server = _Server(_server_args(port, pidfile, *spec["extra"]), pidfile)
         stats = Stats()

@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     demo.set_defaults(func=_demo)
 
-    from .serve import add_arguments
+    from .serve import add_arguments, add_handoff_arguments
 
     serve = commands.add_parser(
         "serve", help="serve a WSGI or ASGI application; SIGHUP upgrades it to the code on disk",
@@ -66,7 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--init", action="store_true",
                      help="a minimal init for containers: run COMMAND once, forward signals, "
                           "reap zombies, exit with its status")
-    run.add_argument("--reuse-port", action="store_true")
+    run.add_argument("--reuse-port", action="store_true", help="bind with SO_REUSEPORT")
+    add_handoff_arguments(run)
     run.add_argument("--log-level", default="info")
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
     run.set_defaults(func=_run)
@@ -117,6 +118,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from .errors import GracefulError
     from .master import Master
+    from .serve import handoff_options
 
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s [%(process)d] %(levelname)s %(message)s")
@@ -127,7 +129,8 @@ def _run(args: argparse.Namespace) -> int:
                         ready_timeout=args.ready_timeout, graceful_timeout=args.graceful_timeout,
                         shutdown_delay=args.shutdown_delay,
                         max_failures=None if args.keep_trying else args.max_failures,
-                        respawn=not args.init, reuse_port=args.reuse_port)
+                        respawn=not args.init, reuse_port=args.reuse_port,
+                        **handoff_options(args))
     except GracefulError as exc:
         print(f"graceful run: {exc}", file=sys.stderr)
         return 2

@@ -122,17 +122,10 @@ def _listeners(pid: int) -> List[str]:
     except OSError:
         return []
     found = []
-    for table, v6 in (("/proc/net/tcp", False), ("/proc/net/tcp6", True)):
-        try:
-            with open(table) as f:
-                rows = f.read().splitlines()[1:]
-        except OSError:
-            continue
-        for row in rows:
-            fields = row.split()
-            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
-                host, port = fields[1].rsplit(":", 1)
-                found.append(f"{_hex_host(host, v6)}:{int(port, 16)}")
+    for row in _proc.tcp_listeners():
+        if str(row.inode) in inodes:
+            host, port = row.local.rsplit(":", 1)
+            found.append(f"{_hex_host(host, row.v6)}:{int(port, 16)}")
     return found
 
 

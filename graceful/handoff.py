@@ -49,11 +49,12 @@ def _peer(conn: socket.socket) -> Tuple[int, int, int]:
 
 
 class HandoffServer:
-    """Serves ``listeners()`` to one authenticated taker at a time; ``on_ready(pid)`` when one
-    took over (the caller then drains)."""
+    """Serves ``listeners()`` to one authenticated taker at a time; ``on_ready(pid, shared)``
+    when one took over (the caller then drains). ``shared`` is False when the taker bound its
+    own SO_REUSEPORT sockets instead of taking ours: ours are then still ours to empty."""
 
     def __init__(self, path: str, listeners: Callable[[], Sequence[Tuple[str, socket.socket]]],
-                 on_ready: Callable[[int], None], *, ready_timeout: float = 30.0,
+                 on_ready: Callable[[int, bool], None], *, ready_timeout: float = 30.0,
                  allowed_uids: Optional[Iterable[int]] = None) -> None:
         self.path = path
         self._listeners = listeners
@@ -115,8 +116,9 @@ class HandoffServer:
         try:
             conn.settimeout(_HELLO_TIMEOUT)
             decoder = FrameDecoder()
-            _expect(conn, decoder, HELLO)
-            self._send_listeners(conn)
+            hello = _expect(conn, decoder, HELLO)
+            shared = hello.body.get("fds", True)
+            self._send_listeners(conn, with_fds=shared)
             conn.settimeout(self.ready_timeout)
             ready = _expect(conn, decoder, READY)
         except (HandoffError, HandoffProtocolError, OSError) as exc:
@@ -125,14 +127,15 @@ class HandoffServer:
                 _send_error(conn, str(exc))
             return
         self._done = True
-        log.info("handoff: pid %d is serving on our listeners", ready.body["pid"])
-        self._on_ready(ready.body["pid"])
+        log.info("handoff: pid %d is serving on %s", ready.body["pid"],
+                 "our listeners" if shared else "its own listeners beside ours (SO_REUSEPORT)")
+        self._on_ready(ready.body["pid"], shared)
         try:
             conn.sendall(encode(Message(DONE)))
         except OSError:
             pass
 
-    def _send_listeners(self, conn: socket.socket) -> None:
+    def _send_listeners(self, conn: socket.socket, with_fds: bool) -> None:
         listeners = list(self._listeners())
         batches = [listeners[i:i + MAX_FDS_PER_FRAME]
                    for i in range(0, len(listeners), MAX_FDS_PER_FRAME)] or [[]]
@@ -140,7 +143,8 @@ class HandoffServer:
             body = {"batch": index, "batches": len(batches),
                     "listeners": [_describe(name, sock) for name, sock in batch]}
             fds = array.array("i", [sock.fileno() for _, sock in batch])
-            ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)] if batch else []
+            ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)] if batch and with_fds \
+                else []
             frame = encode(Message(LISTENERS, body))
             sent = conn.sendmsg([frame], ancillary)
             if sent < len(frame):
@@ -212,11 +216,14 @@ def _send_error(conn: socket.socket, text: str) -> None:
 # -- the taking side ----------------------------------------------------------------------------
 
 
-def take_over(path: str, timeout: float = 30.0) -> Tuple[socket.socket, int, List[Tuple[str, int]]]:
+def take_over(path: str, timeout: float = 30.0, *, fds: bool = True
+              ) -> Tuple[socket.socket, int, List[Tuple[str, int]]]:
     """Get the listeners from the process serving ``path``.
 
     Returns the connection (for ``confirm_ready``), the serving process's pid, and
     ``(name, fd)`` pairs; the fds are close-on-exec. On error every received fd is closed.
+    With ``fds=False`` (SO_REUSEPORT handoff: the caller binds its own sockets beside the old
+    ones) no fd is sent and the pairs are empty.
     """
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     conn.settimeout(timeout)
@@ -228,10 +235,10 @@ def take_over(path: str, timeout: float = 30.0) -> Tuple[socket.socket, int, Lis
             raise HandoffError(f"cannot connect to handoff socket {path}: {exc.strerror}") from None
         server_pid = _peer(conn)[0]
         try:
-            conn.sendall(encode(Message(HELLO, {"pid": os.getpid()})))
+            conn.sendall(encode(Message(HELLO, {"pid": os.getpid(), "fds": fds})))
         except OSError:
             pass  # refused before we said hello: the reason is still there to read
-        listeners = _receive_listeners(conn, received)
+        listeners = _receive_listeners(conn, received, fds)
         return conn, server_pid, listeners
     except BaseException:
         for fd in received:
@@ -240,7 +247,8 @@ def take_over(path: str, timeout: float = 30.0) -> Tuple[socket.socket, int, Lis
         raise
 
 
-def _receive_listeners(conn: socket.socket, received: List[int]) -> List[Tuple[str, int]]:
+def _receive_listeners(conn: socket.socket, received: List[int], fds_wanted: bool
+                       ) -> List[Tuple[str, int]]:
     decoder = FrameDecoder()
     names: List[str] = []
     batches_seen = 0
@@ -267,6 +275,11 @@ def _receive_listeners(conn: socket.socket, received: List[int]) -> List[Tuple[s
             names += [entry["name"] for entry in message.body["listeners"]]
             batches_seen += 1
             if batches_seen == message.body["batches"]:
+                if not fds_wanted:
+                    if received:
+                        raise HandoffError(f"{len(received)} file descriptors received, "
+                                           f"none asked for")
+                    return []
                 if len(received) != len(names):
                     raise HandoffError(f"{len(names)} listeners announced but {len(received)} "
                                        f"file descriptors received")

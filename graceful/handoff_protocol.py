@@ -10,13 +10,18 @@ Every message is one frame::
 
 The exchange, after the server authenticated the client by SO_PEERCRED:
 
-    client -> HELLO     {"pid": P}
+    client -> HELLO     {"pid": P, "fds": true}
     server -> LISTENERS {"batch": i, "batches": n, "listeners": [{"name", "family", "address"}]}
               (one frame per batch of at most 250 listeners; the batch's fds ride on the
               frame by SCM_RIGHTS, in the order of "listeners")
     client -> READY     {"pid": P}          (it serves on them now; the server may drain)
     server -> DONE      {}                  (draining; the client may take the handoff socket)
     either -> ERROR     {"message": "..."}  (and closes the connection)
+
+``"fds": false`` in HELLO (SO_REUSEPORT handoff) asks for the listeners' names and addresses
+only: no fds ride on LISTENERS, the client binds its own sockets beside the server's, and after
+READY the server accepts what is left in its own queues before it closes them. A HELLO without
+"fds" means true.
 
 Anything malformed raises ``HandoffProtocolError``; the receiver closes that one connection.
 """
@@ -122,6 +127,8 @@ def _check(kind: int, body: Any) -> None:
         raise HandoffProtocolError(f"{name} body must be a JSON object")
     if kind in (HELLO, READY):
         _require_int(name, body, "pid", 1, 2**31 - 1)
+        if kind == HELLO and not isinstance(body.get("fds", True), bool):
+            raise HandoffProtocolError("HELLO \"fds\" must be true or false")
     elif kind == ERROR:
         if not isinstance(body.get("message"), str):
             raise HandoffProtocolError("ERROR needs a text \"message\"")

@@ -20,7 +20,7 @@ import errno
 import os
 import socket
 import stat
-from typing import Dict, Iterable, List, MutableMapping, Optional, Tuple, Union
+from typing import Dict, Iterable, List, MutableMapping, Optional, Set, Tuple, Union
 
 from .addresses import (Address, FdAddress, TCPAddress, UnixAddress, format_address,
                         parse_address, parse_bind)
@@ -207,6 +207,7 @@ class Listeners:
     def __init__(self, inherited: Iterable[Tuple[str, socket.socket]] = ()) -> None:
         self._unclaimed: List[Tuple[str, socket.socket]] = list(inherited)
         self._claimed: Dict[str, socket.socket] = {}
+        self._bound_here: Set[str] = set()
 
     def add_inherited(self, name: str, fd: int, *, source: str) -> None:
         """Adopt ``fd`` (received from elsewhere, e.g. a handoff) as the inherited ``name``."""
@@ -251,8 +252,13 @@ class Listeners:
         sock = self._take_inherited(name, address)
         if sock is None:
             sock = bind(address, reuse_port=reuse_port, backlog=backlog, mode=mode)
+            self._bound_here.add(name)
         self._claimed[name] = sock
         return sock
+
+    def bound_here(self, name: str) -> bool:
+        """True when the listener ``name`` was bound by this process (not inherited)."""
+        return name in self._bound_here
 
     def _take_inherited(self, name: str, address: Address) -> Optional[socket.socket]:
         for i, (inherited_name, sock) in enumerate(self._unclaimed):

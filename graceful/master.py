@@ -34,7 +34,7 @@ import selectors
 import signal
 import socket
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from . import _proc, systemd
 from .errors import GracefulError
@@ -84,14 +84,19 @@ class _Worker:
 
 
 class Master:
-    """Run ``command`` as ``workers`` processes sharing the listeners ``binds``."""
+    """Run ``command`` as ``workers`` processes sharing the listeners ``binds``.
+
+    ``handoff_socket``, ``takeover``, ``handoff_uids`` and ``takeover_fds`` are passed to the
+    master's ``Upgrader``: a new master can take the listeners over from a running one, which
+    then stops its workers gracefully."""
 
     def __init__(self, command: Sequence[str], *, binds: Sequence[str] = (), workers: int = 1,
                  ready: str = "fd", stop_signal: int = signal.SIGTERM,
                  pidfile: Optional[str] = None, ready_timeout: float = 30.0,
                  graceful_timeout: float = 30.0, shutdown_delay: float = 0.0,
                  max_failures: Optional[int] = 5, respawn: bool = True,
-                 env: Optional[Dict[str, str]] = None, reuse_port: bool = False) -> None:
+                 env: Optional[Dict[str, str]] = None, reuse_port: bool = False,
+                 **handoff: Any) -> None:
         if workers < 1:
             raise MasterError(f"workers={workers}: need at least 1 worker")
         if not command:
@@ -108,7 +113,7 @@ class Master:
         _become_subreaper()
         self.upgrader = Upgrader(pidfile=pidfile, ready_timeout=ready_timeout,
                                  graceful_timeout=graceful_timeout, shutdown_delay=shutdown_delay,
-                                 upgrade_signals=())
+                                 upgrade_signals=(), **handoff)
         self.lifecycle = self.upgrader.lifecycle
         listen_options = {"reuse_port": True} if reuse_port else {}
         try:

@@ -133,8 +133,7 @@ def run(args: Any) -> int:
     access_log = AccessLog(args.access_log) if args.access_log else None
     upgrader = Upgrader(pidfile=args.pidfile, ready_timeout=args.ready_timeout,
                         graceful_timeout=args.graceful_timeout,
-                        shutdown_delay=args.shutdown_delay,
-                        handoff_socket=args.handoff_socket, takeover=args.takeover)
+                        shutdown_delay=args.shutdown_delay, **handoff_options(args))
     if access_log is not None:
         upgrader.on_signal(signal.SIGUSR1, lambda signum: access_log.reopen())
     try:
@@ -174,8 +173,6 @@ def run_workers(args: Any) -> int:
     binds: List[str] = args.bind or ["web=127.0.0.1:8000"]
     for bind in binds:
         parse_bind(bind)
-    if args.handoff_socket or args.takeover:
-        raise GracefulError("--handoff-socket and --takeover do not work with --workers yet")
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s [%(process)d] %(levelname)s %(message)s")
     worker = [sys.executable, "-m", "graceful", "serve", args.app]
@@ -199,7 +196,7 @@ def run_workers(args: Any) -> int:
                     stop_signal=signal.SIGQUIT, pidfile=args.pidfile,
                     ready_timeout=args.ready_timeout, graceful_timeout=args.graceful_timeout,
                     shutdown_delay=args.shutdown_delay,
-                    reuse_port=args.reuse_port)
+                    reuse_port=args.reuse_port, **handoff_options(args))
     return master.run()
 
 
@@ -239,16 +236,44 @@ def add_arguments(parser: Any) -> None:
                         help="most header fields in a request, else 431 (100)")
     parser.add_argument("--max-body", type=_positive_int, default=None,
                         help="largest request body in bytes, else 413 (no limit)")
+    add_handoff_arguments(parser)
+    parser.add_argument("--access-log", metavar="FILE",
+                        help="Common Log Format to FILE, or - for stderr; reopened on SIGUSR1")
+    parser.add_argument("--log-level", default="info",
+                        choices=("debug", "info", "warning", "error", "critical"))
+
+
+def add_handoff_arguments(parser: Any) -> None:
+    """The handoff options, shared by ``graceful serve`` and ``graceful run``."""
     parser.add_argument("--handoff-socket", metavar="PATH",
                         help="serve a Unix socket (0600, or @abstract) from which an unrelated "
                              "new process can take the listeners over")
     parser.add_argument("--takeover", metavar="PATH",
                         help="take the listeners over from the process serving this handoff "
-                             "socket, instead of binding")
-    parser.add_argument("--access-log", metavar="FILE",
-                        help="Common Log Format to FILE, or - for stderr; reopened on SIGUSR1")
-    parser.add_argument("--log-level", default="info",
-                        choices=("debug", "info", "warning", "error", "critical"))
+                             "socket, instead of binding (with --reuse-port: bind beside its "
+                             "listeners, and take the traffic once ready)")
+    parser.add_argument("--handoff-uid", metavar="UID", action="append", type=_uid,
+                        help="a user (number or name) allowed to take the listeners over "
+                             "(repeatable; default: only our own effective uid)")
+
+
+def handoff_options(args: Any) -> dict:
+    """Upgrader/Master keyword arguments from the handoff options."""
+    return {"handoff_socket": args.handoff_socket, "takeover": args.takeover,
+            "handoff_uids": args.handoff_uid, "takeover_fds": not args.reuse_port}
+
+
+def _uid(text: str) -> int:
+    import argparse
+    import pwd
+
+    if text.isascii() and text.isdigit():
+        return int(text)
+    try:
+        return pwd.getpwnam(text).pw_uid
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a uid number nor a user name "
+                                         f"on this machine") from None
 
 
 def _seconds(text: str) -> float:

@@ -20,21 +20,19 @@ import logging
 import os
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 from . import _proc, systemd
-from .addresses import Address
+from .addresses import Address, parse_bind
 from .drain import DRAINING, LAME_DUCK, SERVING, STARTING, STOPPED, Lifecycle
 from .errors import GracefulError
-from .listeners import Listeners
+from .listeners import Listeners, local_address
 from .pidfile import Pidfile
-
-if TYPE_CHECKING:  # pragma: no cover
-    import socket
 
 __all__ = ["Upgrader", "UpgradeError"]
 
@@ -82,6 +80,7 @@ class Upgrader:
         handoff_socket: Optional[str] = None,
         takeover: Optional[str] = None,
         handoff_uids: Optional[Sequence[int]] = None,
+        takeover_fds: bool = True,
     ) -> None:
         self._environ = os.environ if environ is None else environ
         self.ready_timeout = ready_timeout
@@ -105,8 +104,9 @@ class Upgrader:
         self._handoff_server = None
         self._takeover_conn = None
         self._takeover_pid: Optional[int] = None
+        self._reuseport: List[socket.socket] = []  # bound here with SO_REUSEPORT
         if takeover is not None:
-            self._take_over(takeover)
+            self._take_over(takeover, fds=takeover_fds)
         self.pidfile = Pidfile(pidfile) if pidfile is not None else None
         if self.pidfile is not None and not self.has_parent and self._takeover_pid is None:
             # A first generation takes the pidfile at once, so a second copy started by mistake
@@ -128,8 +128,23 @@ class Upgrader:
         return self.lifecycle.stop_event
 
     def listen(self, name: str, address: Union[Address, str, None] = None, **options) -> socket.socket:
-        """The inherited listener called ``name``, or a new one bound to ``address``."""
-        return self.listeners.listen(name, address, **options)
+        """The inherited listener called ``name``, or a new one bound to ``address``.
+
+        ``reuse_port=True`` binds a new listener with SO_REUSEPORT beside an old process's: it
+        takes no connection until ``ready()`` (see ``graceful.reuseport``)."""
+        if address is None:
+            name, address = parse_bind(name)
+        claimed = self.listeners.get(name) is not None
+        sock = self.listeners.listen(name, address, **options)
+        if options.get("reuse_port") and not claimed and self.listeners.bound_here(name):
+            from . import reuseport
+
+            technique = reuseport.hold_traffic(sock)
+            if technique:
+                log.info("listener %s: SO_REUSEPORT handoff by %s", local_address(sock),
+                         technique)
+            self._reuseport.append(sock)
+        return sock
 
     def ready(self) -> None:
         """Declare this generation ready: take the pidfile, then let the predecessor drain."""
@@ -148,6 +163,11 @@ class Upgrader:
         if self.pidfile is not None and predecessor is not None:
             self.pidfile.handover(predecessor)
         self.lifecycle.serving()
+        if self._reuseport:
+            from .reuseport import take_traffic
+
+            for sock in self._reuseport:
+                take_traffic(sock)  # before the old process is told it may close
         if self._ready_fd is not None:
             _report_ready(self._ready_fd)
             self._ready_fd = None
@@ -208,10 +228,10 @@ class Upgrader:
 
     # -- handoff to and from unrelated processes -------------------------------------------
 
-    def _take_over(self, path: str) -> None:
+    def _take_over(self, path: str, fds: bool) -> None:
         from .handoff import take_over
 
-        conn, pid, pairs = take_over(path, self.ready_timeout)
+        conn, pid, pairs = take_over(path, self.ready_timeout, fds=fds)
         try:
             for name, fd in pairs:
                 self.listeners.add_inherited(name, fd, source=f"handoff from pid {pid}")
@@ -219,7 +239,11 @@ class Upgrader:
             conn.close()
             raise
         self._takeover_conn, self._takeover_pid = conn, pid
-        log.info("took %d listener(s) over from pid %d via %s", len(pairs), pid, path)
+        if fds:
+            log.info("took %d listener(s) over from pid %d via %s", len(pairs), pid, path)
+        else:
+            log.info("taking over from pid %d via %s: binding beside its listeners "
+                     "(SO_REUSEPORT)", pid, path)
 
     def _confirm_takeover(self) -> None:
         from .handoff import HandoffError, confirm_ready
@@ -233,8 +257,10 @@ class Upgrader:
     def _serve_handoff(self) -> None:
         from .handoff import HandoffServer
 
-        def handed_over(pid: int) -> None:
-            self.lifecycle.drain(f"handed over to pid {pid}", last_holder=False)
+        def handed_over(pid: int, shared: bool) -> None:
+            # Shared: the taker holds our very sockets. Otherwise it bound its own beside ours
+            # (SO_REUSEPORT) and what is queued on ours is still ours to serve.
+            self.lifecycle.drain(f"handed over to pid {pid}", last_holder=not shared)
 
         self._handoff_server = HandoffServer(
             self.handoff_socket, self.listeners.items, handed_over,  # type: ignore[arg-type]

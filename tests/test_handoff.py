@@ -13,7 +13,7 @@ import uuid
 import pytest
 
 from _serve import Served
-from _support import ROOT, Load, process_state, reap_orphans
+from _support import ROOT, Load, children_of, http_get, process_state, reap_orphans
 
 
 def _gone(pid):
@@ -135,3 +135,54 @@ def test_slow_requests_in_flight_at_the_old_process_all_complete(procs, tmp_path
         assert r.status == 200 and r.body == b"slow\n"
     assert old.proc.wait(30) == 0
     assert Client(new.connect()).request("GET", "/hello").headers["x-pid"] == str(new.proc.pid)
+
+
+def test_a_new_master_takes_the_listeners_over_from_a_running_master(procs, tmp_path):
+    handoff = str(tmp_path / "handoff.sock")
+    old = Served(procs, tmp_path, "wsgi_app.py:app", "--workers", "2", "--handoff-socket",
+                 handoff)
+    old_workers = set(children_of(old.proc.pid))
+    paths = ("/hello",) * 4 + ("/slow",)
+    loads = [Load(old.port, keepalive=k, paths=paths, clients=3).start() for k in (True, False)]
+    loads[0].wait_requests(50)
+    new = Served(procs, tmp_path, "wsgi_app.py:app", "--workers", "2", "--takeover", handoff,
+                 "--handoff-socket", handoff, port=old.port)
+    assert old.proc.wait(30) == 0  # its workers drained, then it exited
+    assert not any(process_state(pid) not in (None, "Z") for pid in old_workers)
+    new_workers = set(children_of(new.proc.pid))
+    for load in loads:
+        load.wait_requests(load.total + 100)
+        load.stop()
+    assert loads[0].failures == [] and loads[1].failures == []
+    assert new_workers & set(loads[1].pids)
+    new.proc.send_signal(signal.SIGQUIT)
+    assert new.proc.wait(30) == 0
+
+
+def test_handoff_uid_allows_another_user(procs, tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to switch a child to uid 65534")
+    handoff = f"@graceful-test-{uuid.uuid4().hex}"
+    served = Served(procs, tmp_path, "wsgi_app.py:app", "--handoff-socket", handoff,
+                    "--handoff-uid", "65534")
+    code = ("import os, sys\n"
+            f"sys.path.insert(0, {ROOT!r})\n"
+            "from graceful.handoff import take_over\n"
+            "os.setgid(65534); os.setuid(65534)\n"
+            f"conn, pid, pairs = take_over({handoff!r}, 10)\n"
+            "print([name for name, fd in pairs], pid)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60)
+    assert result.stdout.split() == ["['web']", str(served.proc.pid)], result
+    # It went away without READY: the server still serves and still offers its sockets.
+    served.wait(lambda: "did not happen, still serving" in served.log(), 10)
+    assert b"hello" in http_get(served.port, "/hello")
+
+
+def test_handoff_uid_must_be_a_number_or_a_user(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "graceful", "serve", "x:app",
+                             "--handoff-uid", "no-such-user-here"], capture_output=True,
+                            text=True, timeout=60, env=dict(os.environ, PYTHONPATH=ROOT),
+                            cwd=str(tmp_path))
+    assert result.returncode == 2
+    assert "'no-such-user-here' is neither a uid number nor a user name" in result.stderr

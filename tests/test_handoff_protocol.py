@@ -24,6 +24,8 @@ listeners = st.fixed_dictionaries({"name": names,
 @st.composite
 def messages(draw):
     kind = draw(st.sampled_from([HELLO, LISTENERS, READY, DONE, ERROR]))
+    if kind == HELLO and draw(st.booleans()):
+        return Message(kind, {"pid": draw(pids), "fds": draw(st.booleans())})
     if kind in (HELLO, READY):
         return Message(kind, {"pid": draw(pids)})
     if kind == ERROR:
@@ -76,6 +78,7 @@ def _frame(version, kind, body: bytes) -> bytes:
     (_frame(1, HELLO, b"[1]"), "must be a JSON object"),
     (_frame(1, HELLO, b'{"pid": 0}'), "integer \"pid\""),
     (_frame(1, READY, b'{"pid": true}'), "integer \"pid\""),
+    (_frame(1, HELLO, b'{"pid": 1, "fds": 1}'), "\"fds\" must be true or false"),
     (_frame(1, ERROR, b'{"message": 3}'), "text \"message\""),
     (_frame(1, LISTENERS, b'{"batch": 1, "batches": 1, "listeners": []}'), "\"batch\""),
     (_frame(1, LISTENERS, json.dumps({"batch": 0, "batches": 1, "listeners": [

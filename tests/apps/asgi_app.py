@@ -1,7 +1,8 @@
 """A pure ASGI 3 application for the server tests (no framework).
 
 The environment variable ASGI_APP_LIFESPAN chooses the lifespan behaviour: "ok" (default),
-"fail" (startup fails), "raise" (startup raises), "unsupported" (raises on any lifespan scope).
+"fail" (startup fails), "raise" (startup raises), "unsupported" (raises on any lifespan scope),
+"hang" (startup never completes: the server stays bound but never ready).
 """
 
 import asyncio
@@ -28,6 +29,8 @@ async def lifespan(receive, send):
         return
     if LIFESPAN == "raise":
         raise RuntimeError("startup exploded")
+    if LIFESPAN == "hang":
+        await asyncio.Event().wait()
     _record("startup")
     await send({"type": "lifespan.startup.complete"})
     message = await receive()
