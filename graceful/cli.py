@@ -48,8 +48,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Hold the listeners and run COMMAND as worker generations. {fd:NAME} in "
                     "COMMAND is replaced by the listener's fd; LISTEN_FDS/LISTEN_FDNAMES/"
                     "LISTEN_PID are set as systemd would. SIGHUP starts a new generation and "
-                    "stops the old one once the new one is ready. Example: graceful run --bind "
-                    "web=:8000 -- gunicorn --bind fd://{fd:web} app:app")
+                    "stops the old one once the new one is ready. Examples: graceful run --bind "
+                    "web=:8000 -- uvicorn --fd {fd:web} app:app; graceful run --bind web=:8000 "
+                    "-- gunicorn app:app (gunicorn reads LISTEN_FDS itself)")
     run.add_argument("--bind", "-b", action="append", default=[], metavar="[NAME=]ADDRESS")
     run.add_argument("--workers", type=int, default=1, metavar="N")
     run.add_argument("--ready", default="delay:1", metavar="fd|notify|delay:SECONDS",

@@ -37,6 +37,7 @@ import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from . import _proc, systemd
+from .drain import LAME_DUCK
 from .errors import GracefulError
 from .fdenv import ENV_FDS, encode_fds
 from .upgrader import ENV_PARENT_PID, ENV_READY_FD, Upgrader, UpgradeError
@@ -86,6 +87,8 @@ class _Worker:
 class Master:
     """Run ``command`` as ``workers`` processes sharing the listeners ``binds``.
 
+    ``lame_duck_signal``, when set, is sent to the workers as the master's own lame duck begins
+    (SIGTERM with a ``shutdown_delay``), for workers that then report themselves not ready.
     ``handoff_socket``, ``takeover``, ``handoff_uids`` and ``takeover_fds`` are passed to the
     master's ``Upgrader``: a new master can take the listeners over from a running one, which
     then stops its workers gracefully."""
@@ -96,7 +99,7 @@ class Master:
                  graceful_timeout: float = 30.0, shutdown_delay: float = 0.0,
                  max_failures: Optional[int] = 5, respawn: bool = True,
                  env: Optional[Dict[str, str]] = None, reuse_port: bool = False,
-                 **handoff: Any) -> None:
+                 lame_duck_signal: Optional[int] = None, **handoff: Any) -> None:
         if workers < 1:
             raise MasterError(f"workers={workers}: need at least 1 worker")
         if not command:
@@ -106,6 +109,7 @@ class Master:
         self.ready_mode, self.ready_delay = parse_ready(ready)
         self.workers_wanted = workers
         self.stop_signal = stop_signal
+        self.lame_duck_signal = lame_duck_signal
         self.ready_timeout = ready_timeout
         self.max_failures = max_failures
         self.respawn = respawn
@@ -235,6 +239,12 @@ class Master:
                 _kill(worker.pid, signum)
         elif event == "state" and self.lifecycle.draining and self.exit_status is None:
             self._shutdown()
+        elif event == "state" and self.lifecycle.state == LAME_DUCK \
+                and self.lame_duck_signal is not None:
+            # Workers that know the lame duck report not-ready (a readiness path answers 503)
+            # while they keep serving; the stop signal follows when the delay is over.
+            for worker in self._all():
+                _kill(worker.pid, self.lame_duck_signal)
 
     # -- generations ----------------------------------------------------------------------------
 

@@ -183,6 +183,7 @@ def run_workers(args: Any) -> int:
                "--header-timeout", str(args.header_timeout),
                "--keepalive-timeout", str(args.keepalive_timeout),
                "--body-timeout", str(args.body_timeout),
+               "--shutdown-delay", str(args.shutdown_delay),
                "--max-request-line", str(args.max_request_line),
                "--max-header-bytes", str(args.max_header_bytes),
                "--max-headers", str(args.max_headers), "--log-level", args.log_level]
@@ -196,7 +197,8 @@ def run_workers(args: Any) -> int:
                     stop_signal=signal.SIGQUIT, pidfile=args.pidfile,
                     ready_timeout=args.ready_timeout, graceful_timeout=args.graceful_timeout,
                     shutdown_delay=args.shutdown_delay,
-                    reuse_port=args.reuse_port, **handoff_options(args))
+                    reuse_port=args.reuse_port, lame_duck_signal=signal.SIGTERM,
+                    **handoff_options(args))
     return master.run()
 
 

@@ -270,3 +270,15 @@ def test_control_commands_and_worker_count_signals(procs, tmp_path):
     served.proc.wait(30)
     missing = graceful("status")
     assert missing.returncode == 3 and "does not exist" in missing.stderr
+
+
+def test_sigterm_lame_duck_reaches_the_workers_readiness(procs, tmp_path):
+    served = Served(procs, tmp_path, "wsgi_app.py:app", "--workers", "2", "--ready-path",
+                    "/-/ready", "--shutdown-delay", "3")
+    assert b" 200 " in http_get(served.port, "/-/ready")
+    served.proc.send_signal(signal.SIGTERM)
+    # Lame duck: a load balancer's probe sees not-ready while requests are still served.
+    served.wait(lambda: b" 503 " in http_get(served.port, "/-/ready"), 10,
+                what="the readiness path to answer 503")
+    assert http_get(served.port, "/hello").endswith(b"hello\n")
+    assert served.proc.wait(30) == 0
