@@ -114,7 +114,7 @@ class HandoffServer:
                               f"{', '.join(map(str, sorted(self.allowed_uids)))})")
             return
         try:
-            conn.settimeout(_HELLO_TIMEOUT)
+            conn.settimeout(min(_HELLO_TIMEOUT, self.ready_timeout))  # a silent client
             decoder = FrameDecoder()
             hello = _expect(conn, decoder, HELLO)
             shared = hello.body.get("fds", True)

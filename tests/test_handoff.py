@@ -85,7 +85,8 @@ def test_another_uid_is_refused_and_the_server_is_unaffected(procs, tmp_path):
     b"\xff\xff\xff\xff",                      # a frame too long
     b"\x00\x00\x00\x04\x09\x01{}",            # an unknown version
     b"\x00\x00\x00\x03\x01\x01{",             # truncated JSON
-    b"\x00\x00\x00\x0c\x01\x01{\"pid\":1}",   # a HELLO, then silence would be next: see below
+    b"\x00\x00\x00\x0c\x01\x01{\"pid\":1}",   # a HELLO one byte short, then silence
+    b"\x00\x00\x00\x0b\x01\x01{\"pid\":1}",   # a HELLO, then silence instead of READY
 ])
 def test_garbage_closes_that_connection_and_leaks_nothing(procs, tmp_path, garbage):
     handoff = str(tmp_path / "h.sock")
@@ -96,7 +97,7 @@ def test_garbage_closes_that_connection_and_leaks_nothing(procs, tmp_path, garba
         conn.settimeout(30)
         conn.connect(handoff)
         conn.sendall(garbage)
-        if garbage.endswith(b'{"pid":1}'):
+        if garbage.startswith(b"\x00\x00\x00\x0b"):
             conn.recv(65536)  # the listeners arrive; we never say READY: the server times out
         while conn.recv(65536):
             pass  # until the server closes this connection
