@@ -121,6 +121,15 @@ class AsyncioDrain:
 
     async def _stop_accepting(self, servers: "tuple[asyncio.AbstractServer, ...]") -> None:
         loop = asyncio.get_running_loop()
+        # asyncio accepts a connection in a reader callback and builds its transport in a task.
+        # A transport built after Server.close() fails (the server is gone) and its socket is
+        # dropped with the request unread: a reset. So stop accepting first, let the tasks
+        # already scheduled build their transports, and only then close.
+        for server in servers:
+            for listener in server.sockets or ():
+                loop.remove_reader(listener.fileno())
+        for _ in range(3):
+            await asyncio.sleep(0)
         adopted = []
         for server in servers:
             factory = getattr(server, "_protocol_factory", None)
