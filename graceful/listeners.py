@@ -222,7 +222,12 @@ class Listeners:
             # A graceful master sets both for its workers (a worker may read either): an fd
             # listed in both is one listener, named as GRACEFUL_FDS names it.
             named = {fd for _, fd, _ in ours}
-            systemd = [entry for entry in _from_systemd_env(env) if entry[1] not in named]
+            if ours and _decimal(env.get("LISTEN_PID", "")) != os.getpid():
+                # LISTEN_PID names another process: the master's worker was a wrapper (a shell
+                # that did not exec) and we are its child. GRACEFUL_FDS is not tied to a pid.
+                systemd = []
+            else:
+                systemd = [entry for entry in _from_systemd_env(env) if entry[1] not in named]
             inherited = ours + systemd
             adopted = []
             try:

@@ -134,6 +134,8 @@ class Master:
         self.failures = 0  # consecutive worker crashes (for the backoff)
         self.respawn_at: Dict[int, float] = {}  # slot -> when to start it again
         self.exit_status: Optional[int] = None
+        self._orphans: Optional[Tuple[int, float]] = None  # --init: (process group, kill at)
+        self.command_status: Optional[int] = None  # --init: how the command exited
         self._events: "queue.SimpleQueue[Tuple[str, int]]" = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -236,7 +238,7 @@ class Master:
                     self._retire(worker)
         elif event == "forward":
             for worker in self._all():
-                _kill(worker.pid, signum)
+                self._signal(worker, signum)
         elif event == "state" and self.lifecycle.draining and self.exit_status is None:
             self._shutdown()
         elif event == "state" and self.lifecycle.state == LAME_DUCK \
@@ -244,7 +246,7 @@ class Master:
             # Workers that know the lame duck report not-ready (a readiness path answers 503)
             # while they keep serving; the stop signal follows when the delay is over.
             for worker in self._all():
-                _kill(worker.pid, self.lame_duck_signal)
+                self._signal(worker, self.lame_duck_signal)
 
     # -- generations ----------------------------------------------------------------------------
 
@@ -354,9 +356,12 @@ class Master:
                 env["NOTIFY_SOCKET"] = worker.notify_path
             actions = [(os.POSIX_SPAWN_DUP2, fd, 3 + i) for i, fd in enumerate(sources)]
             script = 'LISTEN_PID=$$ exec "$0" "$@"' if names else 'exec "$0" "$@"'
+            # --init: the command gets a process group of its own, and signals go to the whole
+            # group, so a shell wrapper that does not exec cannot keep them from the server.
+            group = {} if self.respawn else {"setpgroup": 0}
             try:
                 pid = os.posix_spawn("/bin/sh", ["/bin/sh", "-c", script, *args], env,
-                                     file_actions=actions)
+                                     file_actions=actions, **group)
             except OSError as exc:
                 raise MasterError(f"cannot start {args[0]!r}: {exc.strerror}") from None
         except BaseException:
@@ -434,15 +439,20 @@ class Master:
         if worker not in self.retired:
             self.retired.append(worker)
         if kill:
-            _kill(worker.pid, signal.SIGKILL)
+            self._signal(worker, signal.SIGKILL)
             worker.kill_at = None
         else:
-            _kill(worker.pid, self.stop_signal)
+            self._signal(worker, self.stop_signal)
             worker.kill_at = time.monotonic() + self.lifecycle.graceful_timeout
+
+    def _signal(self, worker: _Worker, signum: int) -> None:
+        _kill(worker.pid if self.respawn else -worker.pid, signum)  # --init: its whole group
 
     def _reap(self) -> None:
         for pid, status in _proc.reap_exited():
             self._on_exit(pid, status)
+        if self._orphans is not None:
+            self._maybe_finish()
 
     def _on_exit(self, pid: int, status: int) -> None:
         worker = next((w for w in self._all() if w.pid == pid), None)
@@ -450,8 +460,10 @@ class Master:
             log.debug("reaped pid %d (%s)", pid, _describe(status))
             return
         self._close_channels(worker)
-        if not self.respawn and self.exit_status is None:
-            self.exit_status = _exit_code(status)  # --init: the command's status is ours
+        if not self.respawn:
+            if self.command_status is None:
+                self.command_status = _exit_code(status)  # --init: the command's status is ours
+            self._wait_for_orphans(worker.pid, already_stopping=worker.stopping)
         if worker in self.retired:
             self.retired.remove(worker)
             log.info("worker %d (generation %d) exited: %s", pid, worker.generation,
@@ -463,6 +475,7 @@ class Master:
             return
         self.current.remove(worker)
         if not self.respawn:
+            self.lifecycle.drain("the command exited")  # --init: we are done once it is
             self._shutdown()
             return
         self._worker_crashed(worker, status)
@@ -510,6 +523,8 @@ class Master:
         log.info("slot %d: started worker %d", slot, worker.pid)
 
     def _on_timers(self, now: float) -> None:
+        if self._orphans is not None:
+            self._maybe_finish()
         for slot, when in list(self.respawn_at.items()):
             if now >= when:
                 del self.respawn_at[slot]
@@ -519,7 +534,7 @@ class Master:
             if worker.kill_at is not None and now >= worker.kill_at:
                 log.warning("worker %d did not stop within the graceful timeout: SIGKILL",
                             worker.pid)
-                _kill(worker.pid, signal.SIGKILL)
+                self._signal(worker, signal.SIGKILL)
                 worker.kill_at = None
             elif not worker.ready and not worker.stopping:
                 if self.ready_mode == "delay" and now - worker.started >= self.ready_delay:
@@ -534,17 +549,42 @@ class Master:
         else:
             log.error("%s: stopping it", why)
             worker.ready = True  # not waited on again; the reaper restarts it
-            _kill(worker.pid, signal.SIGKILL)
+            self._signal(worker, signal.SIGKILL)
+
+    def _wait_for_orphans(self, group: int, already_stopping: bool) -> None:
+        """--init: the command exited, but what it started in its process group (a server
+        behind a shell wrapper) may still run: stop it gracefully, and wait for it."""
+        if _group_alive(group):
+            log.info("command exited; processes of its group are still running: waiting up to "
+                     "%gs for them to stop", self.lifecycle.graceful_timeout)
+            if not already_stopping:  # (a second stop signal would mean "now" to many servers)
+                _kill(-group, self.stop_signal)
+            self._orphans = (group, time.monotonic() + self.lifecycle.graceful_timeout)
+
+    def _orphans_left(self) -> bool:
+        if self._orphans is None:
+            return False
+        group, kill_at = self._orphans
+        if not _group_alive(group):
+            self._orphans = None
+            return False
+        if time.monotonic() >= kill_at:
+            log.warning("processes of group %d did not stop within the graceful timeout: "
+                        "SIGKILL", group)
+            _kill(-group, signal.SIGKILL)
+        return True
 
     def _maybe_finish(self) -> None:
-        if self.lifecycle.draining and not self._all():
+        if self.lifecycle.draining and not self._all() and not self._orphans_left():
             if self.exit_status is None:
-                self.exit_status = 0
+                self.exit_status = self.command_status if self.command_status is not None else 0
 
     def _kill_everything(self) -> None:
         for worker in self._all():
-            _kill(worker.pid, signal.SIGKILL)
+            self._signal(worker, signal.SIGKILL)
             self._close_channels(worker)
+        if self._orphans is not None:
+            _kill(-self._orphans[0], signal.SIGKILL)
         deadline = time.monotonic() + 5
         while self._all() and time.monotonic() < deadline:
             try:
@@ -590,8 +630,20 @@ def _unlink_quietly(path: str) -> None:
         pass
 
 
+def _group_alive(group: int) -> bool:
+    """Whether any process of process group ``group`` is left (zombies are reaped first)."""
+    for _ in _proc.reap_exited():
+        pass
+    try:
+        os.killpg(group, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
 def _kill(pid: int, signum: int) -> None:
-    if pid <= 0:
+    """Signal ``pid`` (or, when negative, its process group); gone is fine."""
+    if pid in (0, -1):
         return
     try:
         os.kill(pid, signum)

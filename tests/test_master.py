@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ import pytest
 
 from _serve import APPS, Client, Served
 from _support import (ROOT, Load, children_of, free_port, http_get, process_state,
-                      reap_orphans, wait_for)
+                      reap_orphans, wait_established, wait_for)
 from graceful.pidfile import read_pid
 
 SD_SERVER = os.path.join(ROOT, "examples", "systemd_style_server.py")
@@ -282,3 +283,43 @@ def test_sigterm_lame_duck_reaches_the_workers_readiness(procs, tmp_path):
                 what="the readiness path to answer 503")
     assert http_get(served.port, "/hello").endswith(b"hello\n")
     assert served.proc.wait(30) == 0
+
+
+def test_init_mode_stops_a_server_behind_a_shell_wrapper_gracefully(procs, tmp_path):
+    # The wrapper does not exec: the server is the shell's child. SIGTERM must still reach it
+    # (the whole process group), and the init must wait until it has drained.
+    port = free_port()
+    serve = (f"{sys.executable} -m graceful serve {os.path.join(APPS, 'wsgi_app.py')}:app "
+             f"--bind web=127.0.0.1:{port}")
+    log_path = tmp_path / "init.log"
+    with open(log_path, "w") as log_file:
+        proc = procs.python("-m", "graceful", "run", "--init", "--bind",
+                            f"web=127.0.0.1:{port}", "--", "sh", "-c",
+                            f"{serve}; echo the wrapper goes on", stderr=log_file,
+                            cwd=str(tmp_path))
+    wait_for(lambda: _answers(port), 30, what="the server behind the wrapper")
+    (wrapper,) = children_of(proc.pid)
+    (server,) = children_of(wrapper)
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+        conn.sendall(b"GET /slow HTTP/1.0\r\n\r\n")
+        wait_established(port, [conn])
+        proc.send_signal(signal.SIGTERM)
+        response = b""
+        while True:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            response += chunk
+    assert response.startswith(b"HTTP/1.1 200") and response.endswith(b"slow\n"), response
+    assert proc.wait(30) == 128 + signal.SIGTERM  # the wrapper's status: it died of SIGTERM
+    reap_orphans()
+    assert process_state(server) in (None, "Z")  # it drained and exited before the init did
+    log = log_path.read_text()
+    assert f"[{server}] INFO draining (shutdown)" in log and "SIGKILL" not in log, log
+
+
+def _answers(port):
+    try:
+        return http_get(port, "/hello").endswith(b"hello\n")
+    except OSError:
+        return False
