@@ -20,6 +20,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, List, Optional
 
+from .errors import GracefulError
 from .upgrader import Upgrader
 from .socketserver_adapter import make_socketserver, run_socketserver
 
@@ -83,8 +84,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         server.serve_forever()
         return 0
     logging.basicConfig(level=args.log_level.upper(), format="[%(process)d] %(message)s")
-    upgrader = Upgrader(pidfile=args.pidfile, ready_timeout=args.ready_timeout,
-                        graceful_timeout=args.graceful_timeout, shutdown_delay=args.shutdown_delay)
+    try:
+        upgrader = Upgrader(pidfile=args.pidfile, ready_timeout=args.ready_timeout,
+                            graceful_timeout=args.graceful_timeout,
+                            shutdown_delay=args.shutdown_delay)
+    except GracefulError as exc:  # a pidfile held by a live server, say: one line, no traceback
+        print(f"graceful demo server: {exc}", file=sys.stderr)
+        return 2
     server = make_socketserver(upgrader, ThreadingHTTPServer, Handler, f"web={args.host}:{args.port}")
     if args.app_dir:
         sys.path.insert(0, args.app_dir)
