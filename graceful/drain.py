@@ -94,6 +94,7 @@ class Lifecycle:
             self.drain("shutdown")
             return
         if self._move(SERVING, LAME_DUCK, f"lame duck for {delay:g}s"):
+            log.info("lame duck for %gs: still serving, readiness reports not ready", delay)
             timer = threading.Timer(delay, self.drain, args=("shutdown",))
             timer.daemon = True
             self._lame_duck_timer = timer

@@ -298,7 +298,12 @@ class Master:
         self.failures = 0
         log.info("generation %d is serving (workers %s)", self.current[0].generation,
                  " ".join(str(w.pid) for w in self.current))
-        systemd.ready()
+        if not self._started():
+            # A reload that finished before the first generation was ready: this one is the
+            # first to be ready, so the master is ready now (pidfile, sd_notify, lame duck).
+            self.upgrader.ready()
+        else:
+            systemd.ready()
 
     def _upgrade_master(self) -> None:
         """SIGUSR2: re-execute the master itself; its successor starts its own workers."""

@@ -323,3 +323,30 @@ def _answers(port):
         return http_get(port, "/hello").endswith(b"hello\n")
     except OSError:
         return False
+
+
+def test_a_reload_before_the_first_generation_was_ready_makes_the_master_ready(procs, tmp_path):
+    flag = tmp_path / "second-generation"
+    worker = tmp_path / "worker.py"
+    worker.write_text(
+        "import os, socket, threading\n"
+        f"flag = {str(flag)!r}\n"
+        "if os.path.exists(flag):  # the second generation says READY=1; the first never does\n"
+        "    path = os.environ['NOTIFY_SOCKET']\n"
+        "    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:\n"
+        "        s.sendto(b'READY=1', '\\0' + path[1:] if path.startswith('@') else path)\n"
+        "else:\n"
+        "    open(flag, 'w').close()\n"
+        "threading.Event().wait()\n")
+    log_path = tmp_path / "master.log"
+    with open(log_path, "w") as log_file:
+        proc = procs.python("-m", "graceful", "run", "--ready", "notify", "--shutdown-delay", "5",
+                            "--", sys.executable, str(worker), stderr=log_file)
+    wait_for(flag.exists, 30, what="the first generation to start")
+    proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: f"ready: pid {proc.pid} " in log_path.read_text(), 30,
+             what="the master to declare itself ready")
+    proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: "lame duck" in log_path.read_text(), 30, what="the lame duck")
+    proc.send_signal(signal.SIGQUIT)
+    assert proc.wait(30) == 0
