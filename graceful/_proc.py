@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from typing import Iterator, List, NamedTuple, Optional, Tuple
 
-__all__ = ["state", "running", "children", "reap_exited", "TCPListen", "tcp_listeners"]
+__all__ = ["state", "running", "children", "reap_exited", "TCPSocket", "tcp_sockets",
+           "tcp_listeners", "LISTEN", "ESTABLISHED"]
 
 
 def _stat(pid: int) -> Optional[Tuple[str, int]]:
@@ -52,17 +53,29 @@ def reap_exited() -> Iterator[Tuple[int, int]]:
         yield pid, status
 
 
-class TCPListen(NamedTuple):
-    """One listening socket as /proc/net/tcp{,6} shows it."""
+class TCPSocket(NamedTuple):
+    """One TCP socket as /proc/net/tcp{,6} shows it."""
 
     local: str  # the kernel's hex "ADDRESS:PORT", as printed
+    remote: str
     uid: int
     inode: int
     v6: bool
 
+    @property
+    def local_port(self) -> int:
+        return int(self.local.rsplit(":", 1)[1], 16)
 
-def tcp_listeners() -> List[TCPListen]:
-    """Every listening TCP socket of this network namespace (empty where /proc has none)."""
+    @property
+    def remote_port(self) -> int:
+        return int(self.remote.rsplit(":", 1)[1], 16)
+
+
+LISTEN, ESTABLISHED = "0A", "01"  # the kernel's TCP state numbers, as printed
+
+
+def tcp_sockets(state: str) -> List[TCPSocket]:
+    """The TCP sockets of this network namespace in ``state`` (empty where /proc has none)."""
     found = []
     for table, v6 in (("/proc/net/tcp", False), ("/proc/net/tcp6", True)):
         try:
@@ -72,6 +85,11 @@ def tcp_listeners() -> List[TCPListen]:
             continue
         for row in rows:
             fields = row.split()
-            if len(fields) > 9 and fields[3] == "0A":  # 0A: LISTEN
-                found.append(TCPListen(fields[1], int(fields[7]), int(fields[9]), v6))
+            if len(fields) > 9 and fields[3] == state:
+                found.append(TCPSocket(fields[1], fields[2], int(fields[7]), int(fields[9]), v6))
     return found
+
+
+def tcp_listeners() -> List[TCPSocket]:
+    """Every listening TCP socket of this network namespace."""
+    return tcp_sockets(LISTEN)

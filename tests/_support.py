@@ -11,6 +11,8 @@ import sys
 import time
 from typing import Callable, List, Optional, TypeVar
 
+from graceful._proc import ESTABLISHED, tcp_sockets
+
 T = TypeVar("T")
 
 PYTHON = sys.executable
@@ -77,18 +79,8 @@ def wait_established(server_port: int, clients, timeout: float = 10.0) -> None:
     wanted = {c.getsockname()[1] for c in clients}
 
     def established() -> bool:
-        seen = set()
-        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-            try:
-                with open(table) as f:
-                    rows = f.read().splitlines()[1:]
-            except OSError:
-                continue
-            for row in rows:
-                fields = row.split()
-                local, remote, state = fields[1], fields[2], fields[3]
-                if state == "01" and int(local.rsplit(":", 1)[1], 16) == server_port:
-                    seen.add(int(remote.rsplit(":", 1)[1], 16))
+        seen = {row.remote_port for row in tcp_sockets(ESTABLISHED)
+                if row.local_port == server_port}
         return wanted <= seen
 
     wait_for(established, timeout, what=f"{len(wanted)} connection(s) established at the server")

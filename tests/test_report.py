@@ -238,7 +238,7 @@ def test_scenarios_run_with_json_path_timeout_and_exit_status(tmp_path):
         print("boom", file=sys.stderr)
         sys.exit(1)
     """)
-    _script(scenarios, "slow.py", "import time\ntime.sleep(60)\n")
+    _script(scenarios, "slow.py", "import time\ntime.sleep(60)\n")  # sleep-ok: a hung child
     _script(scenarios, "_helper.py", "raise SystemExit('must not run')\n")
     assert [os.path.basename(p) for p in report.find_scenarios(str(scenarios))] == \
         ["bad.py", "good.py", "slow.py"]

@@ -46,7 +46,7 @@ def _landed(port: int, listeners, n: int = 30):
 
 
 def _group(port: int) -> int:
-    return sum(1 for row in tcp_listeners() if row.local.endswith(f":{port:04X}"))
+    return sum(1 for row in tcp_listeners() if row.local_port == port)
 
 
 def test_steering_keeps_traffic_on_the_old_socket_until_the_new_one_takes_it():
