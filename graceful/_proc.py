@@ -30,13 +30,13 @@ def running(pid: int) -> bool:
     return state(pid) not in (None, "Z", "X")
 
 
-def children(pid: int) -> List[int]:
-    """The running (non-zombie) children of ``pid``, in pid order."""
+def children(pid: int, zombies: bool = False) -> List[int]:
+    """The running children of ``pid`` (and its zombies, with ``zombies``), in pid order."""
     kids = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             stat = _stat(int(entry))
-            if stat is not None and stat[1] == pid and stat[0] not in ("Z", "X"):
+            if stat is not None and stat[1] == pid and (zombies or stat[0] not in ("Z", "X")):
                 kids.append(int(entry))
     return sorted(kids)
 

@@ -636,9 +636,8 @@ def _unlink_quietly(path: str) -> None:
 
 
 def _group_alive(group: int) -> bool:
-    """Whether any process of process group ``group`` is left (zombies are reaped first)."""
-    for _ in _proc.reap_exited():
-        pass
+    """Whether any process of process group ``group`` is left. (Zombies count until the main
+    loop's reaper, which runs before every check, has reaped them.)"""
     try:
         os.killpg(group, 0)
     except (ProcessLookupError, PermissionError):

@@ -26,11 +26,12 @@ PYTHON = sys.executable
 if REPO not in sys.path:
     sys.path.insert(0, REPO)  # run from a checkout without installing: graceful imports
 
+from graceful import _proc  # noqa: E402
 from graceful._loadgen import KINDS, LoadGenerator, Stats  # noqa: E402
 
 __all__ = ["HERE", "REPO", "PYTHON", "KINDS", "LoadGenerator", "Stats", "Processes",
            "wait_until", "free_port", "http_status", "wait_http", "child_env", "parser",
-           "print_table", "write_json", "load_totals", "proc_state", "proc_ppid",
+           "print_table", "write_json", "load_totals", "proc_state",
            "children_of", "zombies_of", "group_pids", "serving_pid", "repo_file"]
 
 
@@ -140,33 +141,12 @@ def serving_pid(port: int, path: str = "/fast") -> Optional[int]:
 # -- /proc --------------------------------------------------------------------------------------
 
 
-def _stat(pid: int) -> Optional[Tuple[str, int]]:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        return fields[0].decode(), int(fields[1])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
 def proc_state(pid: int) -> Optional[str]:
-    stat = _stat(pid)
-    return stat[0] if stat else None
-
-
-def proc_ppid(pid: int) -> Optional[int]:
-    stat = _stat(pid)
-    return stat[1] if stat else None
+    return _proc.state(pid)
 
 
 def children_of(pid: int, include_zombies: bool = False) -> List[int]:
-    kids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            stat = _stat(int(entry))
-            if stat is not None and stat[1] == pid and (include_zombies or stat[0] not in "ZX"):
-                kids.append(int(entry))
-    return sorted(kids)
+    return _proc.children(pid, zombies=include_zombies)
 
 
 def group_pids(pgid: int) -> List[int]:
