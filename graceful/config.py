@@ -1,0 +1,524 @@
+"""One Config: every option of ``graceful serve`` and ``graceful run``, and where it came from.
+
+Each option is declared once, in ``OPTIONS``. The command-line parser, the environment
+(``GRACEFUL_<OPTION>``), the config file and ``--print-config`` are all built from that table, so
+an option added here exists everywhere at once and is never re-listed by hand.
+
+Precedence, lowest first: the default, the config file (``--config FILE`` or
+``GRACEFUL_CONFIG``), the environment, the command line.
+
+The file format is INI, read by the standard library's ``configparser``: it is the one format
+with comments that every supported Python (3.9-3.13) can read without a third-party package
+(``tomllib`` arrived in 3.11, and JSON has no comments). Keys go in a ``[graceful]`` section
+and are the long option names, with ``-`` or ``_``. Repeatable options (``bind``) take a comma
+or newline separated list, in the file and in the environment alike. A comment after a value
+needs a space before its ``;`` or ``#``::
+
+    [graceful]
+    app = myproject.wsgi:application
+    bind = web=0.0.0.0:8000, admin=unix:/run/app-admin.sock
+    workers = 4
+    graceful-timeout = 60   ; seconds
+
+A worker or successor started by graceful receives the effective Config as a whole (JSON in
+``GRACEFUL_EFFECTIVE_CONFIG``), so nothing is lost or re-spelled on the way. A self re-exec
+runs the original command again and so re-reads the file: a changed file deploys by SIGHUP, and
+a bad one is a rollback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import configparser
+import difflib
+import json
+import os
+import shlex
+import signal
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Tuple
+
+from .errors import GracefulError
+
+__all__ = ["Config", "ConfigError", "OPTIONS", "Option"]
+
+ENV_PREFIX = "GRACEFUL_"
+ENV_CONFIG_FILE = "GRACEFUL_CONFIG"
+ENV_EFFECTIVE = "GRACEFUL_EFFECTIVE_CONFIG"
+SECTION = "graceful"
+# Variables graceful sets for its own children; they are not options, so they are never "unknown".
+_INTERNAL_ENV = frozenset({
+    "GRACEFUL_FDS", "GRACEFUL_PARENT_PID", "GRACEFUL_READY_FD", "GRACEFUL_ANCESTORS",
+    "GRACEFUL_REUSEPORT_STEERING", "GRACEFUL_HEARTBEAT_FD", "GRACEFUL_INTEGRATION",
+    ENV_CONFIG_FILE, ENV_EFFECTIVE,
+})
+
+SERVE, RUN = "serve", "run"
+BOTH = frozenset({SERVE, RUN})
+
+
+class ConfigError(GracefulError):
+    """An option has a bad value, or a key names no option."""
+
+
+# -- value kinds: text -> value (ValueError with a reason), value -> text -------------------------
+
+class Kind:
+    """How an option's value is read from text and written back."""
+
+    def __init__(self, parse: Callable[[str], Any], show: Callable[[Any], str] = str,
+                 metavar: Optional[str] = None) -> None:
+        self.parse = parse
+        self.show = show
+        self.metavar = metavar
+
+
+def _text(text: str) -> str:
+    return text
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"{text!r} is not a number of seconds (0 or more)")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    text = text.strip()
+    if not text.isascii() or not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{text!r} is not a positive whole number")
+    return int(text)
+
+
+def _count(text: str) -> int:
+    text = text.strip()
+    if not text.isascii() or not text.isdigit():
+        raise ValueError(f"{text!r} is not a whole number (0 or more)")
+    return int(text)
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
+def _flag(text: str) -> bool:
+    word = text.strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise ValueError(f"{text!r} is not a yes/no value (use true or false)")
+
+
+def _signal(text: str) -> int:
+    name = text.strip().upper()
+    if name.isdigit():
+        try:
+            return int(signal.Signals(int(name)))
+        except ValueError:
+            pass
+    name = name if name.startswith("SIG") else "SIG" + name
+    try:
+        return int(signal.Signals[name])
+    except KeyError:
+        raise ValueError(f"{text!r} is not a signal name (e.g. TERM, QUIT)") from None
+
+
+def _uid(text: str) -> int:
+    import pwd
+
+    text = text.strip()
+    if text.isascii() and text.isdigit():
+        return int(text)
+    try:
+        return pwd.getpwnam(text).pw_uid
+    except KeyError:
+        raise ValueError(f"{text!r} is neither a uid number nor a user name on this "
+                         f"machine") from None
+
+
+def _choice(*choices: str) -> Kind:
+    def parse(text: str) -> str:
+        word = text.strip().lower()
+        if word not in choices:
+            raise ValueError(f"{text!r} is not one of {', '.join(choices)}")
+        return word
+    return Kind(parse, metavar="|".join(choices))
+
+
+def _optional(kind: Kind) -> Kind:
+    """Empty text means 'not set' (None)."""
+    return Kind(lambda text: kind.parse(text) if text.strip() else None,
+                lambda value: "" if value is None else kind.show(value), kind.metavar)
+
+
+def _show_seconds(value: float) -> str:
+    return f"{value:g}"
+
+
+def _show_signal(value: int) -> str:
+    return signal.Signals(value).name[3:]
+
+
+TEXT = Kind(_text)
+SECONDS = Kind(_seconds, _show_seconds, "SECONDS")
+POSITIVE = Kind(_positive_int, metavar="N")
+COUNT = Kind(_count, metavar="N")
+FLAG = Kind(_flag, lambda value: "true" if value else "false")
+SIGNAL = Kind(_signal, _show_signal, "SIGNAL")
+UID = Kind(_uid, metavar="UID")
+
+
+class Option:
+    """One option: its name (``graceful-timeout``), kind, default, help and commands."""
+
+    def __init__(self, name: str, kind: Kind, default: Any, help: str, *,
+                 commands: FrozenSet[str] = BOTH, short: Optional[str] = None,
+                 repeat: bool = False, positional: bool = False,
+                 metavar: Optional[str] = None) -> None:
+        self.name = name
+        self.kind = kind
+        self.default = default
+        self.help = help
+        self.commands = commands
+        self.short = short
+        self.repeat = repeat
+        self.positional = positional
+        self.metavar = metavar or kind.metavar
+
+    @property
+    def attr(self) -> str:
+        return self.name.replace("-", "_")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.attr.upper()
+
+    def parse(self, text: str) -> Any:
+        """A value from the text of a file or an environment variable."""
+        if self.name == "command":
+            return shlex.split(text)
+        if self.repeat:
+            return [self.kind.parse(item.strip()) for item in _split_list(text)]
+        return self.kind.parse(text)
+
+    def show(self, value: Any) -> str:
+        if self.name == "command":
+            return shlex.join(value)
+        if self.repeat:
+            return ", ".join(self.kind.show(item) for item in value)
+        return self.kind.show(value)
+
+
+def _split_list(text: str) -> List[str]:
+    return [item for item in text.replace("\n", ",").split(",") if item.strip()]
+
+
+S, R = frozenset({SERVE}), frozenset({RUN})
+OPTIONS: Tuple[Option, ...] = (
+    # what to run
+    Option("app", TEXT, None, "MODULE:APP, path/to/file.py:APP or MODULE:factory()",
+           commands=S, positional=True, metavar="APP"),
+    Option("command", TEXT, [], "the server command; {fd:NAME} is replaced by listener NAME's fd",
+           commands=R, positional=True, metavar="-- COMMAND ..."),
+    Option("bind", TEXT, [], "listen here (repeatable); e.g. web=:8000, [::1]:8000, "
+           "unix:/run/app.sock, fd://3 (serve's default: web=127.0.0.1:8000)",
+           short="-b", repeat=True, metavar="[NAME=]ADDRESS"),
+    Option("interface", _choice("auto", "wsgi", "asgi"), "auto",
+           "the application's interface (auto: detected)", commands=S),
+    Option("workers", _optional(POSITIVE), None,
+           "serve: run N worker processes behind a master with a stable pid (default: one "
+           "process, no master); run: worker processes (1)"),
+    Option("threads", POSITIVE, 8, "WSGI worker threads", commands=S),
+    Option("lifespan", _choice("auto", "on", "off"), "auto", "ASGI lifespan protocol",
+           commands=S),
+    # master mode (graceful run)
+    Option("ready", TEXT, "delay:1", "when a worker counts as ready: fd, notify or "
+           "delay:SECONDS", commands=R, metavar="fd|notify|delay:SECONDS"),
+    Option("stop-signal", SIGNAL, int(signal.SIGTERM),
+           "signal that stops a worker gracefully", commands=R),
+    Option("max-failures", COUNT, 5, "consecutive crashes before a worker is not restarted"),
+    Option("keep-trying", FLAG, False, "restart crashed workers forever"),
+    Option("init", FLAG, False, "a minimal init for containers: run COMMAND once, forward "
+           "signals, reap zombies, exit with its status", commands=R),
+    # lifecycle
+    Option("pidfile", _optional(TEXT), None, "write the serving process's pid here",
+           metavar="PATH"),
+    Option("graceful-timeout", SECONDS, 30.0,
+           "seconds a drain may take before connections are closed"),
+    Option("shutdown-delay", SECONDS, 0.0, "on SIGTERM, keep serving this long before draining"),
+    Option("ready-timeout", SECONDS, 30.0, "seconds a successor has to become ready"),
+    Option("ready-path", _optional(TEXT), None,
+           "answer this path with 200 while serving, 503 otherwise", commands=S, metavar="PATH"),
+    Option("reuse-port", FLAG, False, "bind with SO_REUSEPORT"),
+    # HTTP limits and timeouts
+    Option("header-timeout", SECONDS, 10.0, "seconds a client has to send a request head",
+           commands=S),
+    Option("keepalive-timeout", SECONDS, 5.0, "seconds an idle keep-alive connection stays open",
+           commands=S),
+    Option("body-timeout", SECONDS, 30.0,
+           "seconds to wait for the next piece of a request body", commands=S),
+    Option("max-request-line", POSITIVE, 8190, "longest request line in bytes, else 414",
+           commands=S),
+    Option("max-header-bytes", POSITIVE, 65536, "most header bytes in a request, else 431",
+           commands=S),
+    Option("max-headers", POSITIVE, 100, "most header fields in a request, else 431",
+           commands=S),
+    Option("max-body", _optional(POSITIVE), None,
+           "largest request body in bytes, else 413 (no limit)", commands=S),
+    # handoff to an unrelated process
+    Option("handoff-socket", _optional(TEXT), None,
+           "serve a Unix socket (0600, or @abstract) from which an unrelated new process can "
+           "take the listeners over", metavar="PATH"),
+    Option("takeover", _optional(TEXT), None,
+           "take the listeners over from the process serving this handoff socket, instead of "
+           "binding (with --reuse-port: bind beside its listeners, and take the traffic once "
+           "ready)", metavar="PATH"),
+    Option("handoff-uid", UID, [], "a user (number or name) allowed to take the listeners over "
+           "(repeatable; default: only our own effective uid)", repeat=True),
+    # logging
+    Option("access-log", _optional(TEXT), None,
+           "Common Log Format to FILE, or - for stderr; reopened on SIGUSR1", commands=S,
+           metavar="FILE"),
+    Option("log-level", _choice("debug", "info", "warning", "error", "critical"), "info",
+           "how much graceful logs"),
+)
+_BY_NAME: Dict[str, Option] = {option.name: option for option in OPTIONS}
+
+
+def options_for(command: str) -> List[Option]:
+    return [option for option in OPTIONS if command in option.commands]
+
+
+# -- the command line -------------------------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    """Add ``command``'s options to ``parser``. Nothing given keeps its attribute unset, so
+    ``Config.load`` can tell the command line from the defaults."""
+    parser.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                        help=f"read options from this INI file ([{SECTION}] section; env "
+                             f"{ENV_CONFIG_FILE})")
+    parser.add_argument("--print-config", action="store_true", default=argparse.SUPPRESS,
+                        help="print every effective option and where it came from, then exit")
+    for option in options_for(command):
+        _add_argument(parser, option)
+
+
+def _add_argument(parser: argparse.ArgumentParser, option: Option) -> None:
+    text = option.help
+    if not option.positional and option.default not in (None, [], False):
+        text += f" ({option.show(option.default)})"
+    text += f" [env {option.env}]"
+    if option.name == "command":
+        parser.add_argument(option.attr, nargs=argparse.REMAINDER, metavar=option.metavar,
+                            help=text, default=argparse.SUPPRESS)
+        return
+    if option.positional:
+        parser.add_argument(option.attr, nargs="?", metavar=option.metavar, help=text,
+                            default=argparse.SUPPRESS, type=_argparse_type(option))
+        return
+    flags = ["--" + option.name] + ([option.short] if option.short else [])
+    if option.kind is FLAG:
+        parser.add_argument(*flags, dest=option.attr, action=argparse.BooleanOptionalAction,
+                            help=text, default=argparse.SUPPRESS)
+        return
+    parser.add_argument(*flags, dest=option.attr, metavar=option.metavar, help=text,
+                        default=argparse.SUPPRESS, type=_argparse_type(option),
+                        action="append" if option.repeat else "store")
+
+
+def _argparse_type(option: Option) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            return option.kind.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    parse.__name__ = option.name  # argparse names the type in some messages
+    return parse
+
+
+# -- the Config ----------------------------------------------------------------------------------
+
+class Config:
+    """The effective options of one command, with the source of each value.
+
+    Read values as attributes (``config.graceful_timeout``); ``source(name)`` says where a value
+    came from: ``default``, ``file PATH``, ``env NAME``, ``command line`` or ``inherited``.
+    """
+
+    def __init__(self, command: str, values: Mapping[str, Any],
+                 sources: Optional[Mapping[str, str]] = None,
+                 config_file: Optional[str] = None) -> None:
+        self.subcommand = command
+        self.config_file = config_file
+        self._values: Dict[str, Any] = {}
+        self._sources: Dict[str, str] = {}
+        for option in options_for(command):
+            self._values[option.attr] = values.get(option.attr, _copy(option.default))
+            self._sources[option.attr] = (sources or {}).get(option.attr, "default")
+
+    def __getattr__(self, attr: str) -> Any:
+        try:
+            return self.__dict__["_values"][attr]
+        except KeyError:
+            raise AttributeError(f"no option {attr!r} for graceful {self.subcommand}") from None
+
+    def source(self, name: str) -> str:
+        return self._sources[name.replace("-", "_")]
+
+    def replace(self, **values: Any) -> "Config":
+        """A copy with some values changed (their source is ``graceful``)."""
+        merged = dict(self._values, **values)
+        sources = dict(self._sources, **{key: "graceful" for key in values})
+        return Config(self.subcommand, merged, sources, self.config_file)
+
+    # -- loading -----------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, command: str, args: Optional[argparse.Namespace] = None,
+             environ: Optional[Mapping[str, str]] = None) -> "Config":
+        """The effective Config: defaults < config file < environment < command line.
+
+        When graceful started this process with its effective Config (a worker or successor),
+        that Config is used as it is, and the variable is removed from ``os.environ`` so that
+        programs this one starts do not mistake it for theirs."""
+        env = os.environ if environ is None else environ
+        inherited = env.get(ENV_EFFECTIVE)
+        if inherited is not None:
+            if environ is None:
+                os.environ.pop(ENV_EFFECTIVE, None)
+            return cls.from_json(inherited)
+        given = vars(args) if args is not None else {}
+        values: Dict[str, Any] = {}
+        sources: Dict[str, str] = {}
+        path = given.get("config") or env.get(ENV_CONFIG_FILE) or None
+        if path:
+            for attr, value in _read_file(path, command).items():
+                values[attr], sources[attr] = value, f"file {path}"
+        for attr, (value, name) in _read_environ(env, command).items():
+            values[attr], sources[attr] = value, f"env {name}"
+        for option in options_for(command):
+            if option.attr in given:
+                value = given[option.attr]
+                if option.name == "command":
+                    value = _strip_dashes(value)
+                    if not value:
+                        continue
+                values[option.attr], sources[option.attr] = value, "command line"
+        return cls(command, values, sources, path)
+
+    # -- passing it on ---------------------------------------------------------------------------
+
+    def to_json(self) -> str:
+        return json.dumps({"command": self.subcommand, "config_file": self.config_file,
+                           "values": self._values, "sources": self._sources})
+
+    @classmethod
+    def from_json(cls, text: str) -> "Config":
+        try:
+            data = json.loads(text)
+            command = data["command"]
+            if command not in BOTH:
+                raise ValueError(command)
+            sources = {key: f"inherited ({value})" if not value.startswith("inherited")
+                       else value for key, value in data["sources"].items()}
+            return cls(command, data["values"], sources, data.get("config_file"))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise ConfigError(f"{ENV_EFFECTIVE} is not a configuration graceful wrote; unset "
+                              f"it") from None
+
+    def environ(self) -> Dict[str, str]:
+        """The variable that hands this Config to a child process as a whole."""
+        return {ENV_EFFECTIVE: self.to_json()}
+
+    # -- showing it ------------------------------------------------------------------------------
+
+    def format(self) -> str:
+        """Every effective value as an INI file, each with its source as a comment."""
+        lines = [f"[{SECTION}]"]
+        rows = [(option.name, option.show(self._values[option.attr]),
+                 self._sources[option.attr]) for option in options_for(self.subcommand)]
+        width = max(len(f"{name} = {value}") for name, value, _ in rows)
+        for name, value, source in rows:
+            entry = f"{name} = {value}".rstrip()
+            lines.append(f"{entry.ljust(width)}  ; {source}")
+        return "\n".join(lines)
+
+
+def _copy(value: Any) -> Any:
+    return list(value) if isinstance(value, list) else value
+
+
+def _strip_dashes(command: List[str]) -> List[str]:
+    return command[1:] if command[:1] == ["--"] else list(command)
+
+
+def _read_file(path: str, command: str) -> Dict[str, Any]:
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";", "#"),
+                                       default_section="graceful:defaults")
+    try:
+        with open(path, encoding="utf-8") as f:
+            parser.read_file(f)
+    except OSError as exc:
+        raise ConfigError(f"--config {path}: {exc.strerror}") from None
+    except (configparser.Error, UnicodeDecodeError) as exc:
+        first = str(exc).splitlines()[0]
+        raise ConfigError(f"--config {path}: not an INI file ({first})") from None
+    sections = parser.sections()
+    if SECTION not in sections:
+        raise ConfigError(f"--config {path}: no [{SECTION}] section (found: "
+                          f"{', '.join(sections) or 'none'})")
+    extra = [name for name in sections if name != SECTION]
+    if extra:
+        raise ConfigError(f"--config {path}: unknown section [{extra[0]}]; put every option in "
+                          f"[{SECTION}]")
+    values = {}
+    for key, text in parser.items(SECTION):
+        option = _option_for_key(key, command, f"--config {path}: key {key!r}")
+        values[option.attr] = _parse(option, text, f"--config {path}: {key}")
+    return values
+
+
+def _read_environ(env: Mapping[str, str], command: str) -> Dict[str, Tuple[Any, str]]:
+    values = {}
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX) or name in _INTERNAL_ENV:
+            continue
+        key = name[len(ENV_PREFIX):].lower()
+        option = _option_for_key(key, None, f"environment variable {name}", env_name=True)
+        if command not in option.commands:
+            continue  # an environment shared by serve and run: this one is the other's
+        values[option.attr] = (_parse(option, env[name], name), name)
+    return values
+
+
+def _option_for_key(key: str, command: Optional[str], where: str,
+                    env_name: bool = False) -> Option:
+    name = key.strip().lower().replace("_", "-")
+    option = _BY_NAME.get(name)
+    if option is None:
+        known = [o.env if env_name else o.name for o in OPTIONS]
+        spelled = (ENV_PREFIX + name.replace("-", "_").upper()) if env_name else name
+        close = difflib.get_close_matches(spelled, known, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else "; see graceful serve --help"
+        raise ConfigError(f"{where}: no such option{hint}")
+    if command is not None and command not in option.commands:
+        other = " and ".join(f"graceful {c}" for c in sorted(option.commands))
+        raise ConfigError(f"{where}: an option of {other}, not of graceful {command}")
+    return option
+
+
+def _parse(option: Option, text: str, where: str) -> Any:
+    try:
+        return option.parse(text)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def describe(options: Iterable[Option]) -> List[Tuple[str, str, str]]:
+    """(option, environment variable, default) rows, for documentation."""
+    return [(o.name, o.env, o.show(o.default) if o.default is not None else "")
+            for o in options]
