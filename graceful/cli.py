@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from . import __version__
 
@@ -15,7 +15,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Restart, upgrade or move a server to new code without failing a request.",
     )
     parser.add_argument("--version", action="version", version=f"graceful {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="subcommand", metavar="COMMAND")
 
     demo = commands.add_parser(
         "demo", help="show a zero-failure upgrade under load next to a naive restart",
@@ -29,18 +29,16 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     demo.set_defaults(func=_demo)
 
-    from .serve import add_arguments, add_handoff_arguments
+    from .config import add_arguments
 
     serve = commands.add_parser(
         "serve", help="serve a WSGI or ASGI application; SIGHUP upgrades it to the code on disk",
         description="Serve a WSGI or ASGI application with graceful's HTTP/1.1 server. SIGHUP "
                     "(or SIGUSR2) starts the same command again with the listeners inherited "
                     "and hands over once it is ready; SIGQUIT drains and exits; SIGTERM drains "
-                    "after --shutdown-delay.")
-    add_arguments(serve)
-    serve.add_argument("--workers", type=int, default=None, metavar="N",
-                       help="run N worker processes behind a master with a stable pid "
-                            "(SIGHUP then reloads the workers; default: one process, no master)")
+                    "after --shutdown-delay. Every option can also come from a config file "
+                    "(--config) or the environment (GRACEFUL_<OPTION>).")
+    add_arguments(serve, "serve")
     serve.set_defaults(func=_serve)
 
     run = commands.add_parser(
@@ -51,26 +49,7 @@ def _parser() -> argparse.ArgumentParser:
                     "stops the old one once the new one is ready. Examples: graceful run --bind "
                     "web=:8000 -- uvicorn --fd {fd:web} app:app; graceful run --bind web=:8000 "
                     "-- gunicorn app:app (gunicorn reads LISTEN_FDS itself)")
-    run.add_argument("--bind", "-b", action="append", default=[], metavar="[NAME=]ADDRESS")
-    run.add_argument("--workers", type=int, default=1, metavar="N")
-    run.add_argument("--ready", default="delay:1", metavar="fd|notify|delay:SECONDS",
-                     help="when a worker counts as ready (default delay:1)")
-    run.add_argument("--stop-signal", default="TERM", type=_signal_arg,
-                     help="signal that stops a worker gracefully (TERM)")
-    run.add_argument("--pidfile", metavar="PATH")
-    run.add_argument("--graceful-timeout", type=float, default=30.0)
-    run.add_argument("--ready-timeout", type=float, default=30.0)
-    run.add_argument("--shutdown-delay", type=float, default=0.0)
-    run.add_argument("--max-failures", type=int, default=5,
-                     help="consecutive crashes before a worker is not restarted (5)")
-    run.add_argument("--keep-trying", action="store_true", help="restart crashed workers forever")
-    run.add_argument("--init", action="store_true",
-                     help="a minimal init for containers: run COMMAND once, forward signals, "
-                          "reap zombies, exit with its status")
-    run.add_argument("--reuse-port", action="store_true", help="bind with SO_REUSEPORT")
-    add_handoff_arguments(run)
-    run.add_argument("--log-level", default="info")
-    run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
+    add_arguments(run, "run")
     run.set_defaults(func=_run)
 
     proxy = commands.add_parser(
@@ -96,17 +75,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _signal_arg(text: str) -> int:
-    import signal
-
-    name = text.upper()
-    name = name if name.startswith("SIG") else "SIG" + name
-    try:
-        return int(signal.Signals[name])
-    except KeyError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a signal name (e.g. TERM, QUIT)") from None
-
-
 def _command(args: argparse.Namespace) -> list:
     command = list(args.command)
     if command[:1] == ["--"]:
@@ -114,27 +82,47 @@ def _command(args: argparse.Namespace) -> list:
     return command
 
 
+def _load_config(command: str, args: argparse.Namespace) -> Any:
+    """The effective Config, or a one-line error (exit 2)."""
+    from .config import Config
+
+    config = Config.load(command, args)
+    if getattr(args, "print_config", False):
+        print(config.format())
+        raise _Done(0)
+    return config
+
+
+class _Done(Exception):
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+
 def _run(args: argparse.Namespace) -> int:
-    import logging
-
-    from .errors import GracefulError
     from .master import Master
-    from .serve import handoff_options
+    from .serve import _configure_logging, handoff_options
 
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s [%(process)d] %(levelname)s %(message)s")
-    try:
-        master = Master(_command(args), binds=args.bind, workers=1 if args.init else args.workers,
-                        ready="delay:0" if args.init else args.ready,
-                        stop_signal=args.stop_signal, pidfile=args.pidfile,
-                        ready_timeout=args.ready_timeout, graceful_timeout=args.graceful_timeout,
-                        shutdown_delay=args.shutdown_delay,
-                        max_failures=None if args.keep_trying else args.max_failures,
-                        respawn=not args.init, reuse_port=args.reuse_port,
-                        **handoff_options(args))
-    except GracefulError as exc:
-        print(f"graceful run: {exc}", file=sys.stderr)
-        return 2
+    config = _load_config("run", args)
+    _configure_logging(config)
+    workers = 1 if config.init else config.workers
+
+    def next_generation() -> Tuple[List[str], Dict[str, str]]:
+        from .config import Config, ConfigError
+        from .master import MasterError
+
+        try:
+            return Config.load("run", args).command, {}
+        except ConfigError as exc:
+            raise MasterError(f"configuration: {exc}") from None
+
+    master = Master(config.command, binds=config.bind, workers=workers,
+                    ready="delay:0" if config.init else config.ready,
+                    stop_signal=config.stop_signal, pidfile=config.pidfile,
+                    ready_timeout=config.ready_timeout, graceful_timeout=config.graceful_timeout,
+                    shutdown_delay=config.shutdown_delay,
+                    max_failures=None if config.keep_trying else config.max_failures,
+                    respawn=not config.init, reuse_port=config.reuse_port,
+                    next_generation=next_generation, **handoff_options(config))
     return master.run()
 
 
@@ -166,16 +154,20 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .errors import GracefulError
+    from .config import Config
     from .serve import run, run_workers
 
-    try:
-        if args.workers is not None:
-            return run_workers(args)
-        return run(args)
-    except GracefulError as exc:
-        print(f"graceful serve: {exc}", file=sys.stderr)
-        return 2
+    config = _load_config("serve", args)
+    if not config.app:
+        raise _Usage("no application: give APP (MODULE:APP), app = in the --config file, or "
+                     "GRACEFUL_APP")
+    if config.workers is not None:
+        return run_workers(config, reread=lambda: Config.load("serve", args))
+    return run(config)
+
+
+class _Usage(Exception):
+    """A one-line error about how graceful was called."""
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -200,9 +192,17 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from .errors import GracefulError
+
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.command is None:
+    if args.subcommand is None:
         parser.print_help(sys.stderr)
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except _Done as done:
+        return done.status
+    except (GracefulError, _Usage) as exc:
+        print(f"graceful {args.subcommand}: {exc}", file=sys.stderr)
+        return 2

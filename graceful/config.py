@@ -172,6 +172,20 @@ SIGNAL = Kind(_signal, _show_signal, "SIGNAL")
 UID = Kind(_uid, metavar="UID")
 
 
+class PerCommand:
+    """A default that differs between ``serve`` and ``run``."""
+
+    def __init__(self, serve: Any, run: Any) -> None:
+        self.by_command = {SERVE: serve, RUN: run}
+
+
+def _default(option: "Option", command: str) -> Any:
+    value = option.default
+    if isinstance(value, PerCommand):
+        value = value.by_command[command]
+    return list(value) if isinstance(value, list) else value
+
+
 class Option:
     """One option: its name (``graceful-timeout``), kind, default, help and commands."""
 
@@ -224,14 +238,14 @@ OPTIONS: Tuple[Option, ...] = (
            commands=S, positional=True, metavar="APP"),
     Option("command", TEXT, [], "the server command; {fd:NAME} is replaced by listener NAME's fd",
            commands=R, positional=True, metavar="-- COMMAND ..."),
-    Option("bind", TEXT, [], "listen here (repeatable); e.g. web=:8000, [::1]:8000, "
-           "unix:/run/app.sock, fd://3 (serve's default: web=127.0.0.1:8000)",
+    Option("bind", TEXT, PerCommand(["web=127.0.0.1:8000"], []), "listen here (repeatable); e.g. web=:8000, [::1]:8000, "
+           "unix:/run/app.sock, fd://3",
            short="-b", repeat=True, metavar="[NAME=]ADDRESS"),
     Option("interface", _choice("auto", "wsgi", "asgi"), "auto",
            "the application's interface (auto: detected)", commands=S),
-    Option("workers", _optional(POSITIVE), None,
-           "serve: run N worker processes behind a master with a stable pid (default: one "
-           "process, no master); run: worker processes (1)"),
+    Option("workers", _optional(POSITIVE), PerCommand(None, 1),
+           "worker processes; for serve: N processes behind a master with a stable pid "
+           "(default: one process, no master)"),
     Option("threads", POSITIVE, 8, "WSGI worker threads", commands=S),
     Option("lifespan", _choice("auto", "on", "off"), "auto", "ASGI lifespan protocol",
            commands=S),
@@ -304,13 +318,14 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--print-config", action="store_true", default=argparse.SUPPRESS,
                         help="print every effective option and where it came from, then exit")
     for option in options_for(command):
-        _add_argument(parser, option)
+        _add_argument(parser, option, command)
 
 
-def _add_argument(parser: argparse.ArgumentParser, option: Option) -> None:
+def _add_argument(parser: argparse.ArgumentParser, option: Option, command: str) -> None:
     text = option.help
-    if not option.positional and option.default not in (None, [], False):
-        text += f" ({option.show(option.default)})"
+    default = _default(option, command)
+    if not option.positional and default not in (None, [], False):
+        text += f" ({option.show(default)})"
     text += f" [env {option.env}]"
     if option.name == "command":
         parser.add_argument(option.attr, nargs=argparse.REMAINDER, metavar=option.metavar,
@@ -357,7 +372,7 @@ class Config:
         self._values: Dict[str, Any] = {}
         self._sources: Dict[str, str] = {}
         for option in options_for(command):
-            self._values[option.attr] = values.get(option.attr, _copy(option.default))
+            self._values[option.attr] = values.get(option.attr, _default(option, command))
             self._sources[option.attr] = (sources or {}).get(option.attr, "default")
 
     def __getattr__(self, attr: str) -> Any:
@@ -448,10 +463,6 @@ class Config:
         return "\n".join(lines)
 
 
-def _copy(value: Any) -> Any:
-    return list(value) if isinstance(value, list) else value
-
-
 def _strip_dashes(command: List[str]) -> List[str]:
     return command[1:] if command[:1] == ["--"] else list(command)
 
@@ -520,5 +531,5 @@ def _parse(option: Option, text: str, where: str) -> Any:
 
 def describe(options: Iterable[Option]) -> List[Tuple[str, str, str]]:
     """(option, environment variable, default) rows, for documentation."""
-    return [(o.name, o.env, o.show(o.default) if o.default is not None else "")
+    return [(o.name, o.env, o.show(_default(o, SERVE if SERVE in o.commands else RUN)))
             for o in options]

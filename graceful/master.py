@@ -34,7 +34,7 @@ import selectors
 import signal
 import socket
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import _proc, systemd
 from .drain import LAME_DUCK
@@ -99,7 +99,9 @@ class Master:
                  graceful_timeout: float = 30.0, shutdown_delay: float = 0.0,
                  max_failures: Optional[int] = 5, respawn: bool = True,
                  env: Optional[Dict[str, str]] = None, reuse_port: bool = False,
-                 lame_duck_signal: Optional[int] = None, **handoff: Any) -> None:
+                 lame_duck_signal: Optional[int] = None,
+                 next_generation: Optional[Callable[[], Tuple[List[str], Dict[str, str]]]] = None,
+                 **handoff: Any) -> None:
         if workers < 1:
             raise MasterError(f"workers={workers}: need at least 1 worker")
         if not command:
@@ -114,6 +116,8 @@ class Master:
         self.max_failures = max_failures
         self.respawn = respawn
         self.env = dict(os.environ if env is None else env)
+        self.next_generation = next_generation
+        self.specs: Dict[int, Tuple[List[str], Dict[str, str]]] = {}  # generation -> command, env
         _become_subreaper()
         self.upgrader = Upgrader(pidfile=pidfile, ready_timeout=ready_timeout,
                                  graceful_timeout=graceful_timeout, shutdown_delay=shutdown_delay,
@@ -251,7 +255,16 @@ class Master:
     # -- generations ----------------------------------------------------------------------------
 
     def _start_generation(self, initial: bool = False) -> None:
+        command, env = self.command, self.env
+        if not initial and self.next_generation is not None:
+            # The configuration is read again, so a changed file reaches the new workers; a
+            # MasterError here fails the reload and the serving generation is untouched.
+            command, extra = self.next_generation()
+            env = dict(self.env, **extra)
         self.generation += 1
+        self.specs[self.generation] = (list(command), env)
+        for old in [g for g in self.specs if g < self.generation - 2]:
+            del self.specs[old]  # a respawn only ever needs the serving or the next generation
         workers = []
         try:
             for slot in range(self.workers_wanted):
@@ -333,10 +346,11 @@ class Master:
         """Start one worker: listeners at fds 3, 4, ... (dup2 by posix_spawn, no Python between
         fork and exec), then an ``sh`` trampoline sets LISTEN_PID to the worker's own pid."""
         worker = _Worker(slot, generation)
-        env = dict(self.env)
+        command, base_env = self.specs.get(generation, (self.command, self.env))
+        env = dict(base_env)
         names = [name for name, _ in self.listeners]
         fd_of = {name: 3 + i for i, name in enumerate(names)}
-        args = [_FD_PLACEHOLDER.sub(lambda m: str(fd_of[m.group(1)]), a) for a in self.command]
+        args = [_FD_PLACEHOLDER.sub(lambda m: str(fd_of[m.group(1)]), a) for a in command]
         for var in ("LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PID", ENV_FDS, "NOTIFY_SOCKET",
                     ENV_READY_FD, ENV_PARENT_PID):
             env.pop(var, None)

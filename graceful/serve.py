@@ -16,9 +16,12 @@ import os
 import signal
 import sys
 import threading
-from typing import Any, Callable, List, TextIO
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, TextIO, Tuple
 
 from .errors import GracefulError
+
+if TYPE_CHECKING:
+    from .config import Config
 
 __all__ = ["load_app", "detect_interface", "AppLoadError", "AccessLog", "run"]
 
@@ -117,184 +120,117 @@ class AccessLog:
         old.close()
 
 
-def run(args: Any) -> int:
-    """The body of ``graceful serve`` (``args`` from the CLI parser)."""
+def run(config: "Config") -> int:
+    """The body of ``graceful serve``: one process that serves and re-executes itself."""
     from ._options import ServerOptions
     from .http11 import Limits
     from .upgrader import Upgrader
 
-    from .addresses import parse_bind
-
-    binds: List[str] = args.bind or ["web=127.0.0.1:8000"]
-    for bind in binds:
-        parse_bind(bind)  # a typo in --bind is reported before anything starts
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s [%(process)d] %(levelname)s %(message)s")
-    access_log = AccessLog(args.access_log) if args.access_log else None
-    upgrader = Upgrader(pidfile=args.pidfile, ready_timeout=args.ready_timeout,
-                        graceful_timeout=args.graceful_timeout,
-                        shutdown_delay=args.shutdown_delay, **handoff_options(args))
+    binds = _binds(config)
+    _configure_logging(config)
+    access_log = AccessLog(config.access_log) if config.access_log else None
+    upgrader = Upgrader(pidfile=config.pidfile, ready_timeout=config.ready_timeout,
+                        graceful_timeout=config.graceful_timeout,
+                        shutdown_delay=config.shutdown_delay, **handoff_options(config))
     if access_log is not None:
         upgrader.on_signal(signal.SIGUSR1, lambda signum: access_log.reopen())
     try:
-        app = load_app(args.app)
+        app = load_app(config.app)
     except BaseException:
         upgrader.close()
         raise
-    interface = detect_interface(app) if args.interface == "auto" else args.interface
-    options = ServerOptions(header_timeout=args.header_timeout,
-                            keepalive_timeout=args.keepalive_timeout,
-                            body_timeout=args.body_timeout, ready_path=args.ready_path,
+    interface = detect_interface(app) if config.interface == "auto" else config.interface
+    options = ServerOptions(header_timeout=config.header_timeout,
+                            keepalive_timeout=config.keepalive_timeout,
+                            body_timeout=config.body_timeout, ready_path=config.ready_path,
                             access_log=access_log,
-                            limits=Limits(max_request_line=args.max_request_line,
-                                          max_header_bytes=args.max_header_bytes,
-                                          max_headers=args.max_headers, max_body=args.max_body))
-    listen_options = {"reuse_port": True} if args.reuse_port else {}
-    log.info("serving %s (%s) on %s", args.app, interface.upper(), ", ".join(binds))
+                            limits=Limits(max_request_line=config.max_request_line,
+                                          max_header_bytes=config.max_header_bytes,
+                                          max_headers=config.max_headers,
+                                          max_body=config.max_body))
+    listen_options = {"reuse_port": True} if config.reuse_port else {}
+    log.info("serving %s (%s) on %s", config.app, interface.upper(), ", ".join(binds))
     if interface == "asgi":
         from .asgi import ASGIServer
 
-        return ASGIServer(app, upgrader, binds, options=options, lifespan=args.lifespan,
+        return ASGIServer(app, upgrader, binds, options=options, lifespan=config.lifespan,
                           **listen_options).serve()
     from .wsgi import WSGIServer
 
-    return WSGIServer(app, upgrader, binds, threads=args.threads, options=options,
+    return WSGIServer(app, upgrader, binds, threads=config.threads, options=options,
                       **listen_options).serve()
 
 
-def run_workers(args: Any) -> int:
-    """``graceful serve --workers N``: a master with a stable pid over N serving processes."""
-    import signal
+def run_workers(config: "Config", reread: Optional[Callable[[], "Config"]] = None) -> int:
+    """``graceful serve --workers N``: a master with a stable pid over N serving processes.
+
+    Each worker is ``graceful serve`` given the effective Config whole. On SIGHUP the master
+    reads the configuration again (``reread``), so a changed file reaches the new workers, and a
+    bad one fails the reload while the old workers keep serving."""
     import sys
 
-    from .addresses import parse_bind
-    from .master import Master
+    from .master import Master, MasterError
 
-    binds: List[str] = args.bind or ["web=127.0.0.1:8000"]
-    for bind in binds:
-        parse_bind(bind)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s [%(process)d] %(levelname)s %(message)s")
-    worker = [sys.executable, "-m", "graceful", "serve", args.app]
-    for bind in binds:
-        worker += ["--bind", bind]
-    worker += ["--interface", args.interface, "--threads", str(args.threads),
-               "--lifespan", args.lifespan, "--graceful-timeout", str(args.graceful_timeout),
-               "--header-timeout", str(args.header_timeout),
-               "--keepalive-timeout", str(args.keepalive_timeout),
-               "--body-timeout", str(args.body_timeout),
-               "--shutdown-delay", str(args.shutdown_delay),
-               "--max-request-line", str(args.max_request_line),
-               "--max-header-bytes", str(args.max_header_bytes),
-               "--max-headers", str(args.max_headers), "--log-level", args.log_level]
-    if args.max_body is not None:
-        worker += ["--max-body", str(args.max_body)]
-    if args.ready_path:
-        worker += ["--ready-path", args.ready_path]
-    if args.access_log:
-        worker += ["--access-log", args.access_log]
-    master = Master(worker, binds=binds, workers=args.workers, ready="fd",
-                    stop_signal=signal.SIGQUIT, pidfile=args.pidfile,
-                    ready_timeout=args.ready_timeout, graceful_timeout=args.graceful_timeout,
-                    shutdown_delay=args.shutdown_delay,
-                    reuse_port=args.reuse_port, lame_duck_signal=signal.SIGTERM,
-                    **handoff_options(args))
+    binds = _binds(config)
+    _configure_logging(config)
+    worker_command = [sys.executable, "-m", "graceful", "serve"]
+
+    def worker_env(cfg: "Config") -> Dict[str, str]:
+        return cfg.replace(workers=None, pidfile=None, handoff_socket=None, takeover=None,
+                           bind=binds).environ()
+
+    def next_generation() -> Tuple[List[str], Dict[str, str]]:
+        from .config import ConfigError
+
+        if reread is None:
+            return worker_command, worker_env(config)
+        try:
+            fresh = reread()
+        except ConfigError as exc:
+            raise MasterError(f"configuration: {exc}") from None
+        _warn_master_changes(config, fresh)
+        return worker_command, worker_env(fresh)
+
+    master = Master(worker_command, binds=binds, workers=config.workers, ready="fd",
+                    stop_signal=signal.SIGQUIT, pidfile=config.pidfile,
+                    ready_timeout=config.ready_timeout, graceful_timeout=config.graceful_timeout,
+                    shutdown_delay=config.shutdown_delay,
+                    max_failures=None if config.keep_trying else config.max_failures,
+                    env=dict(os.environ, **worker_env(config)),
+                    reuse_port=config.reuse_port, lame_duck_signal=signal.SIGTERM,
+                    next_generation=next_generation, **handoff_options(config))
     return master.run()
 
 
-def add_arguments(parser: Any) -> None:
-    """The options of ``graceful serve``."""
-    parser.add_argument("app", metavar="APP",
-                        help="MODULE:APP, path/to/file.py:APP or MODULE:factory()")
-    parser.add_argument("--bind", "-b", action="append", metavar="[NAME=]ADDRESS",
-                        help="listen here (repeatable); e.g. web=:8000, [::1]:8000, "
-                             "unix:/run/app.sock, fd://3 (default web=127.0.0.1:8000)")
-    parser.add_argument("--interface", choices=("auto", "wsgi", "asgi"), default="auto")
-    parser.add_argument("--threads", type=_positive_int, default=8,
-                        help="WSGI worker threads (8)")
-    parser.add_argument("--lifespan", choices=("auto", "on", "off"), default="auto",
-                        help="ASGI lifespan protocol (auto)")
-    parser.add_argument("--pidfile", metavar="PATH")
-    parser.add_argument("--graceful-timeout", type=_seconds, default=30.0,
-                        help="seconds a drain may take before connections are closed (30)")
-    parser.add_argument("--shutdown-delay", type=_seconds, default=0.0,
-                        help="on SIGTERM, keep serving this long before draining (0)")
-    parser.add_argument("--ready-timeout", type=_seconds, default=30.0,
-                        help="seconds a successor has to become ready (30)")
-    parser.add_argument("--ready-path", metavar="PATH",
-                        help="answer this path with 200 while serving, 503 otherwise")
-    parser.add_argument("--reuse-port", action="store_true", help="bind with SO_REUSEPORT")
-    parser.add_argument("--header-timeout", type=_seconds, default=10.0,
-                        help="seconds a client has to send a request head (10)")
-    parser.add_argument("--keepalive-timeout", type=_seconds, default=5.0,
-                        help="seconds an idle keep-alive connection stays open (5)")
-    parser.add_argument("--body-timeout", type=_seconds, default=30.0,
-                        help="seconds to wait for the next piece of a request body (30)")
-    parser.add_argument("--max-request-line", type=_positive_int, default=8190,
-                        help="longest request line in bytes, else 414 (8190)")
-    parser.add_argument("--max-header-bytes", type=_positive_int, default=65536,
-                        help="most header bytes in a request, else 431 (65536)")
-    parser.add_argument("--max-headers", type=_positive_int, default=100,
-                        help="most header fields in a request, else 431 (100)")
-    parser.add_argument("--max-body", type=_positive_int, default=None,
-                        help="largest request body in bytes, else 413 (no limit)")
-    add_handoff_arguments(parser)
-    parser.add_argument("--access-log", metavar="FILE",
-                        help="Common Log Format to FILE, or - for stderr; reopened on SIGUSR1")
-    parser.add_argument("--log-level", default="info",
-                        choices=("debug", "info", "warning", "error", "critical"))
+# Options the master itself holds: a reload cannot change them, a master upgrade (SIGUSR2) can.
+_MASTER_OPTIONS = ("bind", "workers", "pidfile", "reuse_port", "handoff_socket", "takeover",
+                   "handoff_uid", "graceful_timeout", "ready_timeout", "shutdown_delay",
+                   "max_failures", "keep_trying", "log_level")
 
 
-def add_handoff_arguments(parser: Any) -> None:
-    """The handoff options, shared by ``graceful serve`` and ``graceful run``."""
-    parser.add_argument("--handoff-socket", metavar="PATH",
-                        help="serve a Unix socket (0600, or @abstract) from which an unrelated "
-                             "new process can take the listeners over")
-    parser.add_argument("--takeover", metavar="PATH",
-                        help="take the listeners over from the process serving this handoff "
-                             "socket, instead of binding (with --reuse-port: bind beside its "
-                             "listeners, and take the traffic once ready)")
-    parser.add_argument("--handoff-uid", metavar="UID", action="append", type=_uid,
-                        help="a user (number or name) allowed to take the listeners over "
-                             "(repeatable; default: only our own effective uid)")
+def _warn_master_changes(old: "Config", new: "Config") -> None:
+    changed = [name for name in _MASTER_OPTIONS if getattr(old, name) != getattr(new, name)]
+    if changed:
+        log.warning("reload: %s changed; the master applies that on an upgrade of itself "
+                    "(SIGUSR2); the workers get the rest now",
+                    ", ".join(name.replace("_", "-") for name in changed))
 
 
-def handoff_options(args: Any) -> dict:
+def _binds(config: "Config") -> List[str]:
+    from .addresses import parse_bind
+
+    binds: List[str] = list(config.bind) or ["web=127.0.0.1:8000"]
+    for bind in binds:
+        parse_bind(bind)  # a typo in --bind is reported before anything starts
+    return binds
+
+
+def _configure_logging(config: "Config") -> None:
+    logging.basicConfig(level=config.log_level.upper(),
+                        format="%(asctime)s [%(process)d] %(levelname)s %(message)s")
+
+
+def handoff_options(config: Any) -> dict:
     """Upgrader/Master keyword arguments from the handoff options."""
-    return {"handoff_socket": args.handoff_socket, "takeover": args.takeover,
-            "handoff_uids": args.handoff_uid, "takeover_fds": not args.reuse_port}
-
-
-def _uid(text: str) -> int:
-    import argparse
-    import pwd
-
-    if text.isascii() and text.isdigit():
-        return int(text)
-    try:
-        return pwd.getpwnam(text).pw_uid
-    except KeyError:
-        raise argparse.ArgumentTypeError(f"{text!r} is neither a uid number nor a user name "
-                                         f"on this machine") from None
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0:
-        import argparse
-
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0 or more)")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    if not text.isascii() or not text.isdigit() or int(text) < 1:
-        import argparse
-
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
-    return int(text)
-
-
+    return {"handoff_socket": config.handoff_socket, "takeover": config.takeover,
+            "handoff_uids": config.handoff_uid or None, "takeover_fds": not config.reuse_port}

@@ -221,9 +221,9 @@ def test_a_worker_that_keeps_crashing_is_given_up_on(procs, tmp_path):
     (["run", "--bind", "web=127.0.0.1:0", "--", "echo", "{fd:nope}"],
      "{fd:nope} in the command names no listener"),
     (["run", "--", "no-such-program-xyz"], "cannot run 'no-such-program-xyz': not found on PATH"),
-    (["run", "--workers", "0", "--", "true"], "workers=0: need at least 1 worker"),
+    (["run", "--workers", "0", "--", "true"], "'0' is not a positive whole number"),
     (["run", "--"], "no command to run"),
-    (["serve", "x:app", "--workers", "0"], "workers=0: need at least 1 worker"),
+    (["serve", "x:app", "--workers", "0"], "'0' is not a positive whole number"),
 ])
 def test_bad_input_is_one_line_and_status_2(tmp_path, args, message):
     result = subprocess.run([sys.executable, "-m", "graceful", *args], capture_output=True,
