@@ -63,7 +63,22 @@ def _servers(port: int) -> Dict[str, dict]:
                               "cmd": [PY, "-m", "uvicorn", "--loop", "asyncio", "--http",
                                       "httptools", "--port", str(port), "--log-level",
                                       "warning", "apps:asgi"]},
+        "uvicorn httptools uvloop": {"module": "uvloop", "kind": "asgi",
+                                     "cmd": [PY, "-m", "uvicorn", "--loop", "uvloop", "--http",
+                                             "httptools", "--port", str(port), "--log-level",
+                                             "warning", "apps:asgi"]},
+        "granian (Rust)": {"module": "granian", "kind": "asgi",
+                           "cmd": [PY, "-m", "granian", "--interface", "asgi", "--host",
+                                   "127.0.0.1", "--port", str(port), "--workers", "1",
+                                   "--log-level", "warning", "apps:asgi"]},
+        "bare asyncio Protocol (ceiling)": {
+            "kind": "asgi", "cmd": [PY, os.path.join(HERE, "bare_asgi.py"), str(port)]},
     }
+
+# The ratios the project tracks (issue 12): graceful over each of these, in the same run.
+RATIOS = (("graceful ASGI", "bare asyncio Protocol (ceiling)", 0.8),
+          ("graceful ASGI", "uvicorn httptools uvloop", 1.0),
+          ("graceful WSGI", "gunicorn gthread (4 threads)", 3.0))
 
 
 def _free_port() -> int:
@@ -243,6 +258,11 @@ def _table(results: Dict[str, dict], idle: Dict[str, dict]) -> str:
             ratio = f"{ours / r['rps']:.2f}x" if ours and not name.startswith("graceful") else ""
             lines.append(f"{name:34} {r['rps']:>8} {_ms(r['p50_ms']):>9} {_ms(r['p99_ms']):>9}  "
                          f"{ratio}")
+    for ours_name, peer, goal in RATIOS:
+        ours, theirs = results.get(ours_name, {}), results.get(peer, {})
+        if ours.get("status") == "ok" and theirs.get("status") == "ok":
+            lines.append(f"ratio {ours_name} / {peer}: {ours['rps'] / theirs['rps']:.2f} "
+                         f"(goal >= {goal:g})")
     for name, r in idle.items():
         lines.append(f"{name}, {r['connections']} idle keep-alive connections: "
                      f"+{r['rss_added_mb']} MB RSS, threads {r['threads_before']} -> "
