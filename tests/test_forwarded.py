@@ -52,6 +52,14 @@ def test_unix_socket_peer_is_trusted_by_default_and_not_with_an_address_only_lis
     assert origin(headers, peer=None, trust=parse_trust("127.0.0.1")).trusted is False
 
 
+def test_peers_as_accept_returns_them():
+    # accept() gives an IPv6 peer as 4 fields, and a Unix socket peer as "" or bytes.
+    assert origin(h(("Host", "a")), peer=("::1", 5, 0, 0)).client == ("::1", 5)
+    for unix in ("", b"", b"\0abstract"):
+        result = origin(h(("Host", "a"), ("X-Forwarded-For", "203.0.113.7")), peer=unix)
+        assert result.client == ("203.0.113.7", 0) and result.trusted
+
+
 def test_ipv4_mapped_loopback_peer_is_trusted():
     assert origin(SPOOF, peer=("::ffff:127.0.0.1", 1)).trusted
 

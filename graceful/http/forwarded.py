@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 
 from ..errors import GracefulError
 from .trust import Trust
@@ -58,6 +58,7 @@ __all__ = ["Origin", "resolve", "split_root_path", "parse_root_path", "RootPathE
 
 Headers = List[Tuple[bytes, bytes]]  # as graceful.http11.Request.headers: names lower-case
 Client = Optional[Tuple[str, int]]  # None: unknown (a Unix socket, or hidden by a proxy)
+Peer = Union[Tuple[Any, ...], str, bytes, None]
 Server = Optional[Tuple[str, Optional[int]]]  # (name, port); a Unix listener: (path, None)
 
 _SCHEMES = {"http": "http", "https": "https", "ws": "http", "wss": "https"}
@@ -90,10 +91,12 @@ class Origin(NamedTuple):
     trusted: bool  # the peer was trusted, so the forwarded headers (if any) were read
 
 
-def resolve(peer: Client, headers: Headers, *, scheme: str, server: Server, trust: Trust,
+def resolve(peer: Peer, headers: Headers, *, scheme: str, server: Server, trust: Trust,
             websocket: bool = False) -> Origin:
-    """The request's origin. ``peer`` is the connection's (host, port), None for a Unix socket;
+    """The request's origin. ``peer`` is the connection's (host, port) (or what ``accept()``
+    returned: 4 fields for IPv6; "", bytes or None for a Unix socket);
     ``scheme`` and ``server`` are the listener's; ``websocket`` maps the scheme to ws/wss."""
+    peer = _host_port(peer)
     host = _header(headers, b"host")
     base = Origin(peer, _request_scheme(scheme, websocket), host, server, False)
     if not trust.trusts(None if peer is None else peer[0]):
@@ -302,6 +305,14 @@ def _authority(text: str) -> Optional[Tuple[str, Optional[int]]]:
         return name, None
     port = _port(rest[1:]) if rest[:1] == ":" else None
     return None if port is None else (name, port)
+
+
+def _host_port(peer: Peer) -> Client:
+    """(host, port) of a peer as ``accept()`` gives it (an IPv6 peer has 4 fields); None for
+    anything else (a Unix socket peer is "" or bytes)."""
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return str(peer[0]), int(peer[1])
+    return None
 
 
 def _request_scheme(scheme: str, websocket: bool) -> str:
