@@ -261,7 +261,7 @@ peers = st.one_of(st.none(), st.sampled_from([LOOPBACK, ("::1", 1), ("203.0.113.
                                               ("10.1.1.1", 3)]))
 
 
-@settings(max_examples=800)
+@settings(max_examples=500, deadline=None)
 @given(peers, garbage_headers, st.sampled_from(["http", "https"]), st.booleans())
 def test_garbage_never_raises_and_gives_sane_values(peer, headers, scheme, websocket):
     result = resolve(peer, headers, scheme=scheme, server=SERVER, trust=TRUST,
@@ -278,7 +278,7 @@ def test_garbage_never_raises_and_gives_sane_values(peer, headers, scheme, webso
         assert result == untouched
 
 
-@settings(max_examples=400)
+@settings(max_examples=400, deadline=None)
 @given(st.sampled_from([("192.0.2.10", 1), ("2001:db8::5", 2)]), garbage_headers)
 def test_from_an_untrusted_peer_any_headers_give_the_connection_values(peer, headers):
     result = resolve(peer, headers, scheme="http", server=SERVER, trust=TRUST)
@@ -291,7 +291,7 @@ public = st.one_of(public_v4, st.ip_addresses(v=6).filter(lambda a: not TRUST.tr
 proxies = st.lists(st.ip_addresses(network="10.0.0.0/8").map(str), max_size=4)
 
 
-@settings(max_examples=400)
+@settings(max_examples=400, deadline=None)
 @given(st.lists(st.one_of(public.map(str), st.text(max_size=10)), max_size=4), public, proxies,
        st.lists(st.integers(0, 20), max_size=4))
 def test_x_forwarded_for_chain_finds_the_client_whatever_was_spoofed_and_however_split(
@@ -304,7 +304,7 @@ def test_x_forwarded_for_chain_finds_the_client_whatever_was_spoofed_and_however
                    trust=TRUST).client == (str(client), 0)
 
 
-@settings(max_examples=400)
+@settings(max_examples=400, deadline=None)
 @given(st.lists(public, max_size=3), public, st.integers(1, 65535), proxies,
        st.sampled_from(["http", "https"]), st.booleans())
 def test_forwarded_chain_round_trip(spoofed, client, port, chain, proto, quote_all):
@@ -322,7 +322,7 @@ def test_forwarded_chain_round_trip(spoofed, client, port, chain, proto, quote_a
     assert result.scheme == proto and result.host == "origin.example"
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7e), min_size=1, max_size=30))
 def test_forwarded_host_quoting_round_trip(host):
     quoted = '"' + host.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -374,7 +374,7 @@ def test_parse_root_path_refuses_what_is_not_a_path_in_one_line(text):
     assert isinstance(info.value, ValueError) and isinstance(info.value, GracefulError)
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(st.text(st.sampled_from("ab/"), max_size=12), st.text(st.sampled_from("ab/"), max_size=8))
 def test_split_root_path_joins_back_to_the_path(path, root_text):
     path = "/" + path

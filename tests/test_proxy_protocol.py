@@ -235,7 +235,7 @@ def headers(draw):
     return ProxyHeader(version, PROXY, family, source, destination, extensions)
 
 
-@settings(max_examples=400)
+@settings(max_examples=400, deadline=None)
 @given(headers(), st.binary(max_size=40), st.lists(st.integers(0, 400), max_size=5))
 def test_round_trip_in_any_chunking_keeps_the_bytes_after_it(header, after, cuts):
     data = encode(header) + after
@@ -253,7 +253,7 @@ def test_round_trip_in_any_chunking_keeps_the_bytes_after_it(header, after, cuts
     assert rest == after
 
 
-@settings(max_examples=1000)
+@settings(max_examples=600, deadline=None)
 @given(st.one_of(st.binary(max_size=120),
                  st.binary(max_size=80).map(lambda b: b"PROXY " + b),
                  st.binary(max_size=80).map(lambda b: b"PROXY TCP4 " + b),
@@ -277,7 +277,7 @@ def test_garbage_gives_a_header_need_data_or_a_protocol_error(data, cuts):
         pass
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(headers())
 def test_a_truncated_header_only_ever_needs_data(header):
     data = encode(header)

@@ -91,7 +91,7 @@ def test_allow_list_text_prefers_command_line_then_environment_then_default():
     assert allow_list_text(None, {"PROXY_ALLOW_FROM": "*"}, "PROXY_ALLOW_FROM") == "*"
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(st.ip_addresses(v=4), st.integers(0, 32), st.ip_addresses(v=4))
 def test_ipv4_membership_matches_the_arithmetic(base, prefix, peer):
     network = ipaddress.ip_network(f"{base}/{prefix}", strict=False)
@@ -101,7 +101,7 @@ def test_ipv4_membership_matches_the_arithmetic(base, prefix, peer):
     assert trust.trusts(f"::ffff:{peer}") is inside
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(st.ip_addresses(v=6), st.integers(0, 128), st.ip_addresses(v=6))
 def test_ipv6_membership_matches_the_arithmetic(base, prefix, peer):
     network = ipaddress.ip_network(f"{base}/{prefix}", strict=False)
@@ -113,7 +113,7 @@ def test_ipv6_membership_matches_the_arithmetic(base, prefix, peer):
         assert trust.trusts(str(peer))
 
 
-@settings(max_examples=500)
+@settings(max_examples=500, deadline=None)
 @given(st.text(max_size=60))
 def test_any_list_text_parses_or_gives_a_one_line_trust_list_error(text):
     try:
@@ -124,7 +124,7 @@ def test_any_list_text_parses_or_gives_a_one_line_trust_list_error(text):
         assert isinstance(trust.trusts("127.0.0.1"), bool)
 
 
-@settings(max_examples=500)
+@settings(max_examples=500, deadline=None)
 @given(st.one_of(st.text(max_size=60), st.none(),
                  st.ip_addresses().map(str)))
 def test_any_peer_text_gives_a_bool(peer):
