@@ -105,14 +105,16 @@ def _parse_network(entry: str) -> _Network:
                              "write the address or network without it")
     try:
         return ipaddress.ip_network(text, strict=True)
-    except ValueError as exc:
-        if "host bits set" in str(exc):
-            network = ipaddress.ip_network(text, strict=False)
-            raise TrustListError(f"allow-list entry {entry!r} is not a network's own address; "
-                                 f"did you mean {network}?") from None
+    except ValueError:
+        pass
+    try:
+        network = ipaddress.ip_network(text, strict=False)
+    except ValueError:
         raise TrustListError(f"allow-list entry {entry!r} is not an IP address, a network "
                              f"(10.0.0.0/8), {UNIX!r} or '*' (host names are not "
                              "resolved)") from None
+    raise TrustListError(f"allow-list entry {entry!r} is not a network's own address; "
+                         f"did you mean {network}?")
 
 
 def _addresses(text: str) -> List[_Address]:
