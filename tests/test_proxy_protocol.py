@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from graceful.http.proxy_protocol import (INET, INET6, LOCAL, NEED_DATA, PROXY, UNIX, UNSPEC,
                                           V1_MAX, V2_SIGNATURE, ProxyHeader, ProxyHeaderParser,
-                                          ProxyProtocolError, encode)
+                                          ProxyProtocolError, effective_peer, encode)
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
 
@@ -182,6 +182,16 @@ def test_v2_waits_for_the_whole_length():
     for i in range(len(data) - 1):
         assert parser.feed(data[i:i + 1]) is NEED_DATA
     assert parser.feed(data[-1:]).tlvs == ((5, b"abc"),)
+
+
+def test_effective_peer():
+    real = ("127.0.0.1", 5000)
+    tcp = ProxyHeader(2, PROXY, INET6, ("2001:db8::1", 1), ("2001:db8::2", 443))
+    assert effective_peer(tcp, real) == ("2001:db8::1", 1)
+    unix = ProxyHeader(2, PROXY, UNIX, "/run/c.sock", "/run/s.sock")
+    assert effective_peer(unix, real) is None  # a Unix socket client of the proxy
+    for header in (ProxyHeader(2, LOCAL, UNSPEC), ProxyHeader(1, PROXY, UNSPEC)):
+        assert effective_peer(header, real) == real
 
 
 def test_feeding_after_the_header_is_a_programming_error():

@@ -21,7 +21,7 @@ the bytes after the header (often the start of the HTTP request, in the same seg
     parser = ProxyHeaderParser()
     result = parser.feed(data)      # NEED_DATA, or a ProxyHeader
     if result is not NEED_DATA:
-        peer = result.source if result.proxied else real_peer
+        peer = effective_peer(result, real_peer)
         http_parser.feed(parser.rest)
 
 The version is recognised from the first byte and every byte is checked as it arrives, so a
@@ -36,9 +36,10 @@ from __future__ import annotations
 import ipaddress
 import re
 import struct
-from typing import Optional, Tuple, Union
+from typing import Any, Optional, Tuple, Union
 
 __all__ = ["ProxyHeader", "ProxyHeaderParser", "ProxyProtocolError", "NEED_DATA", "encode",
+           "effective_peer",
            "V2_SIGNATURE", "V1_MAX", "PROXY", "LOCAL", "INET", "INET6", "UNIX", "UNSPEC"]
 
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
@@ -112,12 +113,21 @@ class ProxyHeader:
                 f"{self.source!r} -> {self.destination!r}, {len(self.tlvs)} TLVs)")
 
 
+def effective_peer(header: ProxyHeader, real_peer: Any) -> Any:
+    """The peer to treat the connection as coming from: the header's TCP source (host, port);
+    None, as for a Unix socket peer, when the client reached the proxy over a Unix socket;
+    ``real_peer`` when the header names no client (v1 UNKNOWN, v2 LOCAL or UNSPEC)."""
+    if not header.proxied:
+        return real_peer
+    return header.source if header.family in (INET, INET6) else None
+
+
 class ProxyHeaderParser:
     """Reads one PROXY header from the start of a connection; see the module docstring."""
 
     def __init__(self) -> None:
         self._buf = bytearray()
-        self._checked = 0  # bytes of _buf already checked (each byte is looked at once)
+        self._checked = 0  # v1: bytes of _buf already found printable (not searched again)
         self.header: Optional[ProxyHeader] = None
         self.rest = b""  # what followed the header, once it is complete
 
