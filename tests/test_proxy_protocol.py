@@ -221,8 +221,8 @@ def test_encoder_refuses_what_a_receiver_would_refuse(header):
 # -- properties -----------------------------------------------------------------------------
 
 ports = st.integers(0, 65535)
-unix_names = st.text(st.characters(min_codepoint=1, max_codepoint=0x7ff, blacklist_categories=("Cs",)),
-                     min_size=1, max_size=30).filter(lambda s: not s.startswith("@"))
+unix_names = st.text(st.characters(min_codepoint=1, max_codepoint=0x7ff,
+                                   blacklist_categories=("Cs",)), min_size=1, max_size=30).filter(lambda s: not s.startswith("@"))
 unix_paths = st.one_of(unix_names.map(lambda s: "/" + s), unix_names.map(lambda s: "@" + s))
 tlvs = st.lists(st.tuples(st.integers(0, 255), st.binary(max_size=40)), max_size=4).map(tuple)
 
