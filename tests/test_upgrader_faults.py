@@ -62,7 +62,8 @@ def _rollback_line(log: str) -> str:
 
 
 class PausedServer:
-    """The demo server whose first successor stops at ``step`` (tests/children/paused_successor.py)."""
+    """The demo server whose first successor stops at ``step``
+    (tests/children/paused_successor.py)."""
 
     def __init__(self, procs, tmp_path, step: str) -> None:
         self.port = free_port()
@@ -162,8 +163,9 @@ def test_sighup_to_a_generation_that_handed_over_upgrades_the_one_serving(procs,
                 what="the first generation to drain")
     assert process_state(first) not in (None, "Z")
     os.kill(first, signal.SIGHUP)  # as if the pidfile had been read a moment early
-    third = served.wait(lambda: read_pid(pidfile) not in (None, first, second) and read_pid(pidfile),
-                        60, what="a third generation, started by the second")
+    third = served.wait(
+        lambda: read_pid(pidfile) not in (None, first, second) and read_pid(pidfile), 60,
+        what="a third generation, started by the second")
     assert f"passed the trigger on to pid {second}" in served.log()
     assert "cannot upgrade while draining" not in served.log()
     served.wait(lambda: _served_by(served.port) == third, what=f"pid {third} to serve")
@@ -345,19 +347,26 @@ def test_read_only_pidfile_directory_at_start_is_a_one_line_error(small_fs, entr
     assert os.listdir(small_fs) == []
 
 
-def test_demo_without_a_writable_temp_directory_is_a_one_line_error(tmp_path):
+CANNOT_MOUNT = 97
+
+
+def test_demo_without_a_writable_temp_directory_is_a_one_line_error():
     # The demo's pidfile lives in a temp directory, and tempfile falls back from a full or
-    # read-only TMPDIR to /tmp, /var/tmp and the cwd: so all of them are made read-only, in a
-    # mount namespace of the demo's own (nobody else sees those mounts).
-    script = ("mount -t tmpfs -o ro,size=64k tmpfs /tmp && "
-              "mount -t tmpfs -o ro,size=64k tmpfs /var/tmp && cd /tmp && exec \"$@\"")
+    # read-only TMPDIR to /tmp, /var/tmp and the cwd: so all of them are made read-only (bound
+    # read-only over themselves, so the interpreter stays reachable wherever it lives), in a
+    # mount namespace of the demo's own: nobody else sees those mounts.
+    script = ("for d in /tmp /var/tmp; do mount --bind $d $d && mount -o remount,bind,ro $d "
+              f"|| exit {CANNOT_MOUNT}; done; cd /tmp && exec \"$@\"")
     env = dict(os.environ, TMPDIR="/tmp",
                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     command = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
                PYTHON, "-m", "graceful", "demo", "--duration", "1", "--upgrades", "1"]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
-    if result.returncode != 0 and "graceful" not in result.stderr:
-        pytest.skip(f"cannot make a private mount namespace here: {result.stderr.strip()}")
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    except FileNotFoundError:
+        pytest.skip("no unshare(1) here to make a private mount namespace")
+    if result.returncode == CANNOT_MOUNT or result.stderr.startswith("unshare:"):
+        pytest.skip(f"cannot make read-only mounts in a private namespace: {result.stderr}")
     assert result.returncode == 2, (result.returncode, result.stderr)
     assert "Traceback" not in result.stderr, result.stderr
     last = result.stderr.strip().splitlines()[-1]
