@@ -179,8 +179,14 @@ def _demo(args: argparse.Namespace) -> int:
     results = []
     for strategy in ("reexec", "naive"):
         say(f"{strategy}: {args.duration:g}s of load, {args.upgrades} restarts ...")
-        results.append(run_strategy(strategy, restarts=args.upgrades, duration=args.duration,
-                                    concurrency=args.concurrency, progress=say))
+        try:
+            results.append(run_strategy(strategy, restarts=args.upgrades,
+                                        duration=args.duration, concurrency=args.concurrency,
+                                        progress=say))
+        except OSError as exc:  # no writable temp directory for the servers' pidfile, say
+            print(f"graceful demo: cannot run the {strategy} server: {exc} (set TMPDIR to a "
+                  f"writable directory with free space)", file=sys.stderr)
+            return 2
     print(format_table(results))
     if args.json:
         with open(args.json, "w") as f:

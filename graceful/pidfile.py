@@ -7,16 +7,21 @@
   "its lock can be taken": a SIGKILLed owner loses the lock at once, and a recycled pid cannot
   make a dead owner look alive.
 - ``handover`` lets a successor take the file while its predecessor still lives (a zero-downtime
-  upgrade); the predecessor's ``release`` then leaves the successor's file alone.
+  upgrade); the predecessor's ``release`` then leaves the successor's file alone. A successor
+  ``stage``s its file first, so a full disk fails the upgrade before anything is taken over, and
+  a predecessor whose successor died after the handover takes the file back with ``reclaim``.
+- A write that fails (a full disk, a read-only directory) is a ``PidfileError`` naming the path,
+  and leaves no temp file behind.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import glob
 import os
 import secrets
-from typing import Optional, Union
+from typing import Optional, Tuple, Union
 
 from .errors import PidfileError
 
@@ -33,6 +38,7 @@ class Pidfile:
         self.path = os.path.abspath(os.fspath(path))
         self._fd: Optional[int] = None
         self._pid: Optional[int] = None
+        self._staged: Optional[Tuple[int, str]] = None  # (locked fd, temp path) not yet in place
 
     @property
     def held(self) -> bool:
@@ -100,6 +106,16 @@ class Pidfile:
         return self._error(f"it is held by running process {pid or '(unknown pid)'}; stop that "
                            f"process first (or choose another pidfile)")
 
+    def stage(self) -> None:
+        """Write our pid to a locked temp file beside the path, not yet in place.
+
+        A successor stages before it reports ready: a full disk or an unwritable directory
+        then fails the upgrade (the predecessor keeps the pidfile) instead of the handover."""
+        if self.held or self._staged is not None:
+            return
+        self._check_path_kind()
+        self._staged = self._write_locked_temp()
+
     def handover(self, predecessor_pid: int) -> None:
         """Take the pidfile from the live predecessor that started this process."""
         if self.held:
@@ -110,20 +126,55 @@ class Pidfile:
         except PidfileError:
             current = None
         if current not in (None, predecessor_pid) and owner_pid(self.path) is not None:
+            self._discard_staged()
             raise self._error(f"it names pid {current}, not our predecessor {predecessor_pid}; "
                               f"refusing to take it from an unrelated live process")
-        fd, temp = self._write_locked_temp()
+        self.stage()
+        self._fd = self._put_staged_in_place()
+        self._pid = os.getpid()
+
+    def reclaim(self, successor_pid: int) -> bool:
+        """Take the pidfile back from ``successor_pid``, which has exited; True if we had to.
+
+        The successor may have put its own file in place (or removed it on exit) before it
+        died or was rolled back: the path is made to name us again, and temp files the
+        successor left behind are removed."""
+        _remove_temp_files(self.path, successor_pid)
+        if not self.held or _same_file(self._fd, self.path):  # type: ignore[arg-type]
+            return False
+        try:
+            current = read_pid(self.path)
+        except PidfileError:
+            current = None
+        if current not in (None, successor_pid) and owner_pid(self.path) is not None:
+            raise self._error(f"it names pid {current}, neither us nor our successor "
+                              f"{successor_pid}; leaving it to that live process")
+        self._staged = self._write_locked_temp()
+        old, self._fd = self._fd, self._put_staged_in_place()
+        os.close(old)  # type: ignore[arg-type]
+        return True
+
+    def _put_staged_in_place(self) -> int:
+        fd, temp = self._staged  # type: ignore[misc]
+        self._staged = None
         try:
             os.replace(temp, self.path)
-            _fsync_directory(self.path)
         except OSError as exc:
             os.close(fd)
             _unlink_quietly(temp)
             raise self._error(f"cannot replace it: {exc.strerror}") from None
-        self._fd, self._pid = fd, os.getpid()
+        _fsync_directory(self.path)
+        return fd
+
+    def _discard_staged(self) -> None:
+        staged, self._staged = self._staged, None
+        if staged is not None:
+            os.close(staged[0])
+            _unlink_quietly(staged[1])
 
     def release(self) -> None:
         """Remove the file if it is still ours (same inode, our pid); always drop the lock."""
+        self._discard_staged()
         fd, self._fd = self._fd, None
         if fd is None:
             return
@@ -160,17 +211,25 @@ class Pidfile:
             raise self._error("it exists and is not a regular file")
 
     def _write_locked_temp(self) -> "tuple[int, str]":
-        directory, base = os.path.split(self.path)
-        temp = os.path.join(directory, f".{base}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        directory = os.path.dirname(self.path)
+        temp = _temp_path(self.path, os.getpid(), secrets.token_hex(4))
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             fd = os.open(temp, flags, 0o644)
         except OSError as exc:
-            raise self._error(f"cannot create a file in {directory}: {exc.strerror}") from None
+            raise self._error(f"cannot create a file in {directory}: {exc.strerror}"
+                              f"{_fix_for(exc)}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # locked before anyone can see it
-            os.write(fd, f"{os.getpid()}\n".encode())
-            os.fsync(fd)
+            data = f"{os.getpid()}\n".encode()
+            if os.write(fd, data) != len(data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            os.fsync(fd)  # a full disk may only show here
+        except OSError as exc:
+            os.close(fd)
+            _unlink_quietly(temp)
+            raise self._error(f"cannot write a file in {directory}: {exc.strerror}"
+                              f"{_fix_for(exc)}") from None
         except BaseException:
             os.close(fd)
             _unlink_quietly(temp)
@@ -252,6 +311,28 @@ def _fsync_directory(path: str) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _temp_path(path: str, pid: Union[int, str], token: str) -> str:
+    """The temp file a process writes before it puts its pidfile in place (named by its pid,
+    so the predecessor can clean up after a successor that died mid-way)."""
+    directory, base = os.path.split(path)
+    return os.path.join(directory, f".{base}.{pid}.{token}.tmp")
+
+
+def _remove_temp_files(path: str, pid: int) -> None:
+    directory, base = os.path.split(path)
+    pattern = os.path.join(glob.escape(directory), glob.escape(f".{base}.{pid}.") + "*.tmp")
+    for temp in glob.glob(pattern):
+        _unlink_quietly(temp)
+
+
+def _fix_for(exc: OSError) -> str:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return " (free some space there, or choose a pidfile on another file system)"
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return " (choose a pidfile in a writable directory)"
+    return ""
 
 
 def _unlink_quietly(path: str) -> None:

@@ -7,11 +7,21 @@ its successor with the same command, passing
 - ``GRACEFUL_READY_FD``, the write end of a readiness pipe,
 - ``GRACEFUL_PARENT_PID`` and ``GRACEFUL_ANCESTORS`` (older generations that may still drain).
 
-The successor claims the listeners by name, starts serving, takes over the pidfile and calls
-``ready()``, which writes its pid to the pipe. Only then does the predecessor tell systemd the new
-``MAINPID``, stop accepting (the accept queue lives on in the successor) and drain. A successor
-that exits, crashes or is not ready within ``ready_timeout`` is stopped and the predecessor keeps
-serving: that is the rollback.
+The successor claims the listeners by name, starts serving and calls ``ready()``, which takes
+over the pidfile and writes its pid to the pipe. Only then does the predecessor tell systemd the
+new ``MAINPID``, stop accepting (the accept queue lives on in the successor) and drain. A
+successor that exits, crashes or is not ready within ``ready_timeout`` is stopped and the
+predecessor keeps serving: that is the rollback. A successor that fails before it is ready says
+why on the pipe (``failed <reason>``), so the rollback is logged with its reason; the
+predecessor then waits for its exit status rather than stopping it. After a rollback the
+predecessor takes the pidfile back, so the pidfile always names the process that serves.
+
+A successor that dies *after* it reported ready leaves nothing serving: the predecessor has
+already stopped accepting. The pidfile then keeps naming the dead successor, which makes it
+stale (its lock is free): ``graceful status`` says "not running", and a supervisor or operator
+can start a new first generation at once. The draining predecessor logs the death and finishes.
+An upgrade trigger that reaches a generation which has handed over is passed on to the
+generation it handed over to.
 """
 
 from __future__ import annotations
@@ -25,14 +35,15 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Union
+import traceback
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from . import _proc, systemd
 from .addresses import Address, parse_bind
 from .drain import DRAINING, LAME_DUCK, SERVING, STARTING, STOPPED, Lifecycle
 from .errors import GracefulError
 from .listeners import Listeners, local_address
-from .pidfile import Pidfile
+from .pidfile import Pidfile, owner_pid
 
 __all__ = ["Upgrader", "UpgradeError"]
 
@@ -42,7 +53,9 @@ ENV_READY_FD = "GRACEFUL_READY_FD"
 ENV_PARENT_PID = "GRACEFUL_PARENT_PID"
 ENV_ANCESTORS = "GRACEFUL_ANCESTORS"
 
-_MAX_READY_MESSAGE = 64
+_MAX_READY_MESSAGE = 2048  # "<pid>\n", or "failed <reason>\n"; below PIPE_BUF: one write
+_FAILED = "failed "
+_EXIT_GRACE = 2.0  # least time a successor that gave up gets to exit by itself
 
 
 class UpgradeError(GracefulError):
@@ -94,26 +107,34 @@ class Upgrader:
         self._signals = None
         self._closed = False
 
+        self._successor_pid: Optional[int] = None  # the generation we handed over to
         inherited = _take_inheritance(self._environ)
         self.parent_pid: Optional[int] = inherited.parent_pid
         self._ready_fd: Optional[int] = inherited.ready_fd
         self._ancestors: List[int] = inherited.ancestors
-        self.listeners = Listeners.from_environ(self._environ)
-        self.handoff_socket = handoff_socket
-        self.handoff_uids = handoff_uids
-        self._handoff_server = None
-        self._takeover_conn = None
-        self._takeover_pid: Optional[int] = None
-        self._reuseport: List[socket.socket] = []  # bound here with SO_REUSEPORT
-        if takeover is not None:
-            self._take_over(takeover, fds=takeover_fds)
-        self.pidfile = Pidfile(pidfile) if pidfile is not None else None
-        if self.pidfile is not None and not self.has_parent and self._takeover_pid is None:
-            # A first generation takes the pidfile at once, so a second copy started by mistake
-            # fails before it binds anything.
-            self.pidfile.acquire()
-        if install_signals:
-            self._install_signals()
+        self._failure = (_FailureWitness(self._give_up_ready_fd)
+                         if self._ready_fd is not None else None)
+        self.pidfile: Optional[Pidfile] = None
+        try:
+            self.listeners = Listeners.from_environ(self._environ)
+            self.handoff_socket = handoff_socket
+            self.handoff_uids = handoff_uids
+            self._handoff_server = None
+            self._takeover_conn = None
+            self._takeover_pid: Optional[int] = None
+            self._reuseport: List[socket.socket] = []  # bound here with SO_REUSEPORT
+            if takeover is not None:
+                self._take_over(takeover, fds=takeover_fds)
+            self.pidfile = Pidfile(pidfile) if pidfile is not None else None
+            if self.pidfile is not None and not self.has_parent and self._takeover_pid is None:
+                # A first generation takes the pidfile at once, so a second copy started by
+                # mistake fails before it binds anything.
+                self.pidfile.acquire()
+            if install_signals:
+                self._install_signals()
+        except BaseException:
+            self._give_up_ready_fd()  # tells the predecessor why (the exception in flight)
+            raise
 
     # -- the serving process's API -----------------------------------------------------------
 
@@ -152,17 +173,34 @@ class Upgrader:
             # Told to stop while starting (a SIGQUIT or SIGTERM that came early): do not take
             # over from a predecessor; the adapter's drain still serves what is already queued.
             log.info("not declaring ready: asked to stop before ready (%s)", self.lifecycle.reason)
-            self._give_up_ready_fd()
+            self._give_up_ready_fd(f"asked to stop before ready ({self.lifecycle.reason})")
             return
         if self.lifecycle.state != STARTING:
             raise UpgradeError(f"ready() called twice (state is {self.lifecycle.state})")
+        try:
+            self._take_over_from_predecessor()
+        except BaseException:
+            self._give_up_ready_fd()  # the predecessor rolls back, and logs this exception
+            raise
+        if self.handoff_socket is not None:
+            self._serve_handoff()
+        log.info("ready: pid %d serving %s", os.getpid(),
+                 ", ".join(name for name, _ in self.listeners.items()) or "no listeners")
+
+    def _take_over_from_predecessor(self) -> None:
+        """Serve, take the pidfile, and tell the predecessor (or systemd) we are ready."""
+        predecessor = self.parent_pid if self.has_parent else self._takeover_pid
+        takes_pidfile = self.pidfile is not None and predecessor is not None
+        if takes_pidfile:
+            self.pidfile.stage()  # type: ignore[union-attr]  # a full disk fails here, harmlessly
         closed = self.listeners.close_unclaimed()
         if closed:
             log.info("closed inherited listeners nobody claimed: %s", ", ".join(closed))
-        predecessor = self.parent_pid if self.has_parent else self._takeover_pid
-        if self.pidfile is not None and predecessor is not None:
-            self.pidfile.handover(predecessor)
         self.lifecycle.serving()
+        if takes_pidfile:
+            # Only now, serving, and just before the predecessor hears of it: if we die from
+            # here until it has heard, it rolls back and takes the pidfile back.
+            self.pidfile.handover(predecessor)  # type: ignore[union-attr,arg-type]
         if self._reuseport:
             from .reuseport import take_traffic
 
@@ -171,14 +209,13 @@ class Upgrader:
         if self._ready_fd is not None:
             _report_ready(self._ready_fd)
             self._ready_fd = None
+            witness, self._failure = self._failure, None
+            if witness is not None:
+                witness.close()
         else:
             if self._takeover_conn is not None:
                 self._confirm_takeover()
             systemd.ready()
-        if self.handoff_socket is not None:
-            self._serve_handoff()
-        log.info("ready: pid %d serving %s", os.getpid(),
-                 ", ".join(name for name, _ in self.listeners.items()) or "no listeners")
 
     def wait(self, timeout: Optional[float] = None) -> bool:
         """Block until this generation must stop serving; False on timeout."""
@@ -213,6 +250,7 @@ class Upgrader:
         if self._closed:
             return
         self._closed = True
+        self._give_up_ready_fd()  # first: the predecessor learns why at once
         if self._handoff_server is not None:
             self._handoff_server.close()
         if self._takeover_conn is not None:
@@ -221,7 +259,6 @@ class Upgrader:
         self.listeners.close()
         if self.pidfile is not None:
             self.pidfile.release()
-        self._give_up_ready_fd()
         if self._signals is not None:
             self._signals.close()
             self._signals = None
@@ -260,17 +297,25 @@ class Upgrader:
         def handed_over(pid: int, shared: bool) -> None:
             # Shared: the taker holds our very sockets. Otherwise it bound its own beside ours
             # (SO_REUSEPORT) and what is queued on ours is still ours to serve.
+            self._successor_pid = pid
             self.lifecycle.drain(f"handed over to pid {pid}", last_holder=not shared)
 
         self._handoff_server = HandoffServer(
             self.handoff_socket, self.listeners.items, handed_over,  # type: ignore[arg-type]
             ready_timeout=self.ready_timeout, allowed_uids=self.handoff_uids)
 
-    def _give_up_ready_fd(self) -> None:
-        """Close the readiness pipe unused: the predecessor sees EOF and keeps serving."""
-        if self._ready_fd is not None:
-            os.close(self._ready_fd)
-            self._ready_fd = None
+    def _give_up_ready_fd(self, reason: Optional[str] = None) -> None:
+        """Tell the predecessor we will not be ready, and why (``reason``, else the exception
+        being handled, else the last error logged), then close the pipe: it keeps serving."""
+        fd, self._ready_fd = self._ready_fd, None
+        if fd is None:
+            return
+        witness, self._failure = self._failure, None
+        if reason is None and witness is not None:
+            reason = witness.reason(sys.exc_info())
+        if witness is not None:
+            witness.close()
+        _report_failure(fd, reason)
 
     def __enter__(self) -> "Upgrader":
         return self
@@ -296,6 +341,7 @@ class Upgrader:
             except UpgradeError as exc:
                 systemd.notify("READY=1", f"STATUS=upgrade failed: {exc}")
                 raise
+            self._successor_pid = pid  # from now on, triggers are passed on to it
             systemd.mainpid(pid)
             systemd.ready()
             self.lifecycle.drain(f"handed over to pid {pid}", last_holder=False)
@@ -325,14 +371,17 @@ class Upgrader:
             raise
         finally:
             os.close(write_fd)
+        deadline = time.monotonic() + self.ready_timeout
         try:
-            pid = _await_ready(read_fd, child, self.ready_timeout)
-        except UpgradeError as exc:
-            self._roll_back(child, str(exc))
-            raise
+            pid = _await_ready(read_fd, child, deadline, self.ready_timeout)
+        except _NotReady as failure:
+            self._roll_back(child, failure, deadline)
+            raise UpgradeError(str(failure)) from None
         finally:
             os.close(read_fd)
         log.info("upgrade: successor pid %d is ready; draining pid %d", pid, os.getpid())
+        threading.Thread(target=self._watch_successor, args=(child,),
+                         name="graceful-successor-watch", daemon=True).start()
         return pid
 
     def _spawn(self, ready_fd: int) -> subprocess.Popen:
@@ -350,17 +399,59 @@ class Upgrader:
         log.info("upgrade: started successor pid %d: %s", child.pid, " ".join(self.argv))
         return child
 
-    def _roll_back(self, child: subprocess.Popen, why: str) -> None:
-        """Stop a failed successor (gently first: it may hold accepted connections)."""
-        if child.poll() is None:
+    def _roll_back(self, child: subprocess.Popen, failure: "_NotReady", deadline: float) -> None:
+        """Stop a failed successor and take the pidfile back if it had taken it."""
+        if failure.exiting:
+            # It gave up by itself: let it exit (and print its traceback) rather than TERM it.
+            try:
+                child.wait(timeout=max(deadline - time.monotonic(), _EXIT_GRACE))
+            except subprocess.TimeoutExpired:
+                pass
+        if child.poll() is None:  # gently first: it may hold accepted connections
             child.send_signal(signal.SIGTERM)
             try:
                 child.wait(timeout=min(5.0, self.lifecycle.graceful_timeout))
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait()
+        self._take_pidfile_back(child.pid)  # before the log line: once logged, all is back
         log.error("upgrade rolled back, pid %d keeps serving: %s (successor %s)",
-                  os.getpid(), why, _describe_exit(child.returncode))
+                  os.getpid(), failure, _describe_exit(child.returncode))
+
+    def _watch_successor(self, child: subprocess.Popen) -> None:
+        """While we drain, log it if the successor we handed over to dies: we have stopped
+        accepting and cannot serve again, so unless it handed over in turn, nothing serves.
+        The pidfile then names the dead successor and is stale: a new first generation can be
+        started at once (see the module's docstring). Waits without reaping: a master's
+        reaper may reap it."""
+        try:
+            info = os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)
+        except OSError:
+            return  # already reaped
+        if info is None:
+            return
+        how = _describe_exit(_exit_status(info))
+        serving = _pidfile_owner(self.pidfile)
+        if serving not in (None, child.pid):
+            log.info("successor pid %d %s; pid %d serves now", child.pid, how, serving)
+        elif info.si_code == os.CLD_EXITED and info.si_status == 0:
+            log.info("successor pid %d %s after it took over", child.pid, how)
+        else:
+            log.error("successor pid %d %s after it took over; pid %d has stopped accepting and "
+                      "drains, so nothing serves%s", child.pid, how, os.getpid(),
+                      "" if self.pidfile is None else
+                      f" (pidfile {self.pidfile.path} names the dead pid: stale)")
+        child.poll()  # reap it
+
+    def _take_pidfile_back(self, successor_pid: int) -> None:
+        if self.pidfile is None:
+            return
+        try:
+            if self.pidfile.reclaim(successor_pid):
+                log.warning("pidfile %s: taken back from failed successor pid %d",
+                            self.pidfile.path, successor_pid)
+        except GracefulError as exc:
+            log.error("%s: it may not name pid %d, which serves", exc, os.getpid())
 
     # -- signals -------------------------------------------------------------------------------
 
@@ -387,11 +478,26 @@ class Upgrader:
 
     def _on_upgrade_signal(self, signum: int) -> None:
         name = signal.Signals(signum).name
+        if self._successor_pid is not None:
+            self._pass_trigger_on(signum, name, self._successor_pid)
+            return
         if self._upgrade_lock.locked():
             log.info("%s: an upgrade is already in progress; trigger coalesced", name)
             return
         threading.Thread(target=self._upgrade_logged, args=(name,), name="graceful-upgrade",
                          daemon=True).start()
+
+    def _pass_trigger_on(self, signum: int, name: str, successor: int) -> None:
+        """A trigger meant for the serving generation came here, after we handed over (the
+        pidfile was read a moment early): it goes to the generation now serving."""
+        try:
+            os.kill(successor, signum)
+        except ProcessLookupError:
+            log.error("%s: pid %d handed over to pid %d, which is gone; upgrade not done",
+                      name, os.getpid(), successor)
+            return
+        log.info("%s: pid %d has handed over; passed the trigger on to pid %d, which serves",
+                 name, os.getpid(), successor)
 
     def _upgrade_logged(self, trigger: str) -> None:
         try:
@@ -465,27 +571,110 @@ def _report_ready(fd: int) -> None:
         os.close(fd)
 
 
-def _await_ready(fd: int, child: subprocess.Popen, timeout: float) -> int:
-    """Wait for the successor's pid on the readiness pipe; UpgradeError on EOF or timeout."""
-    deadline = time.monotonic() + timeout
+class _NotReady(Exception):
+    """Why a successor will not be ready; ``exiting`` when it gave up by itself."""
+
+    def __init__(self, why: str, exiting: bool) -> None:
+        super().__init__(why)
+        self.exiting = exiting
+
+
+def _await_ready(fd: int, child: subprocess.Popen, deadline: float, timeout: float) -> int:
+    """Wait for the successor's pid on the readiness pipe; _NotReady on failure or timeout."""
     message = b""
     with selectors.DefaultSelector() as selector:
         selector.register(fd, selectors.EVENT_READ)
-        while not message.endswith(b"\n"):
+        while not message.endswith(b"\n") and len(message) <= _MAX_READY_MESSAGE:
             left = deadline - time.monotonic()
             if left <= 0 or not selector.select(left):
-                raise UpgradeError(f"successor pid {child.pid} was not ready within {timeout:g}s")
+                raise _NotReady(f"successor pid {child.pid} was not ready within {timeout:g}s",
+                                exiting=False)
             chunk = os.read(fd, _MAX_READY_MESSAGE)
             if not chunk:
-                raise UpgradeError(f"successor pid {child.pid} exited or closed its readiness "
-                                   f"pipe before it was ready")
-            message += chunk
-            if len(message) > _MAX_READY_MESSAGE:
                 break
-    text = message.decode("ascii", "replace").strip()
+            message += chunk
+    text = message.decode("utf-8", "replace").strip()
+    if text.startswith(_FAILED.strip()):
+        raise _NotReady(f"successor pid {child.pid} failed before it was ready: "
+                        f"{text[len(_FAILED):] or 'no reason given'}", exiting=True)
+    if not message.endswith(b"\n"):
+        raise _NotReady(f"successor pid {child.pid} exited or closed its readiness pipe before "
+                        f"it was ready", exiting=True)
     if not text.isdigit():
-        raise UpgradeError(f"successor pid {child.pid} sent a malformed readiness message {text!r}")
+        raise _NotReady(f"successor pid {child.pid} sent a malformed readiness message "
+                        f"{text[:80]!r}", exiting=False)
     return int(text)
+
+
+def _report_failure(fd: int, reason: Optional[str]) -> None:
+    """Give the predecessor our reason for not becoming ready, then close the pipe."""
+    try:
+        if reason:
+            line = " ".join(reason.split())  # one line
+            data = (_FAILED + line).encode("utf-8", "replace")[:_MAX_READY_MESSAGE - 1] + b"\n"
+            os.write(fd, data)
+    except OSError:
+        pass  # the predecessor is gone: nobody to tell
+    finally:
+        os.close(fd)
+
+
+class _FailureWitness(logging.Filter):
+    """In a successor until it is ready: remembers the last error logged and uncaught
+    exceptions, so that a failure that ends the process reaches the predecessor's log.
+
+    A filter on our logger, not a handler: a handler would stop Python's last-resort output to
+    stderr in an application that configured no logging."""
+
+    def __init__(self, report: Callable[[Optional[str]], None]) -> None:
+        super().__init__()
+        self.last: Optional[str] = None
+        self.last_with_exception: Optional[str] = None
+        self._report = report
+        log.addFilter(self)
+        self._previous_hook = sys.excepthook
+        sys.excepthook = self._on_uncaught
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            text = record.getMessage()
+            if record.exc_info and record.exc_info[1] is not None:
+                self.last_with_exception = f"{text}: {_exception_summary(record.exc_info)}"
+            self.last = text
+        return True
+
+    def reason(self, exc_info: Tuple) -> Optional[str]:
+        """The exception being handled (``exc_info``), else the last error logged."""
+        if exc_info[1] is not None and not isinstance(exc_info[1], (SystemExit, KeyboardInterrupt)):
+            return _exception_summary(exc_info)
+        return self.last_with_exception or self.last
+
+    def _on_uncaught(self, kind, value, tb) -> None:  # type: ignore[no-untyped-def]
+        previous = self._previous_hook
+        if not issubclass(kind, (SystemExit, KeyboardInterrupt)):
+            self._report(_exception_summary((kind, value, tb)))
+        previous(kind, value, tb)
+
+    def close(self) -> None:
+        log.removeFilter(self)
+        if sys.excepthook == self._on_uncaught:
+            sys.excepthook = self._previous_hook
+
+
+def _exception_summary(exc_info: Tuple) -> str:
+    """``Type: message (at file:line in function)``: the last lines of its traceback."""
+    kind, value, tb = exc_info
+    summary = "".join(traceback.format_exception_only(kind, value)).strip()
+    frames = traceback.extract_tb(tb) if tb is not None else []
+    if frames:
+        last = frames[-1]
+        summary += f" (at {last.filename}:{last.lineno} in {last.name})"
+    return summary
+
+
+def _exit_status(info: "os.waitid_result") -> int:
+    """A waitid result as a Popen-style returncode (negative: killed by that signal)."""
+    return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
 
 
 def _describe_exit(returncode: Optional[int]) -> str:
@@ -497,6 +686,16 @@ def _describe_exit(returncode: Optional[int]) -> str:
         except ValueError:
             return f"killed by signal {-returncode}"
     return f"exited with status {returncode}"
+
+
+def _pidfile_owner(pidfile: Optional[Pidfile]) -> Optional[int]:
+    """The live process that holds ``pidfile`` (None: none, stale, or no pidfile)."""
+    if pidfile is None:
+        return None
+    try:
+        return owner_pid(pidfile.path)
+    except GracefulError:
+        return None
 
 
 def _live(pids: Sequence[int]) -> List[int]:
