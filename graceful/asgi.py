@@ -320,7 +320,9 @@ class _Cycle:
         self.body_complete = not request.has_body
         self.final_sent = False  # the last http.request message was delivered
         self.gone = False  # the client disconnected, or the response is complete
-        self.waiter: Optional["asyncio.Future[None]"] = None
+        # Every pending receive() waits here: an app may call it from several tasks at once
+        # (Starlette's listen_for_disconnect beside the app's own), and each must be woken.
+        self.waiters: List["asyncio.Future[None]"] = []
         self.continue_pending = request.expect_continue
         self.response_started = False
         self.response_complete = False
@@ -349,9 +351,8 @@ class _Cycle:
     # -- the body, from the protocol ------------------------------------------------------------
 
     def _wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None:
-            self.waiter = None
+        waiters, self.waiters = self.waiters, []
+        for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
 
@@ -377,11 +378,12 @@ class _Cycle:
         protocol = self.protocol
         return {
             "type": "http",
-            "asgi": _ASGI,
+            "asgi": dict(_ASGI),  # the app may change it: its own per request
             "http_version": "1.1" if request.version == b"1.1" else "1.0",
             "method": request.method.decode("latin-1"),
             "scheme": protocol.options.url_scheme,
-            "path": unquote_to_bytes(request.path).decode("utf-8", "surrogateescape"),
+            # Invalid UTF-8 becomes U+FFFD: a surrogate escape is a str no app can encode.
+            "path": unquote_to_bytes(request.path).decode("utf-8", "replace"),
             "raw_path": request.path,
             "query_string": request.query,
             "root_path": "",
@@ -411,8 +413,13 @@ class _Cycle:
             self._finish()
 
     async def _wait(self) -> None:
-        self.waiter = self.protocol.loop.create_future()
-        await self.waiter
+        waiter = self.protocol.loop.create_future()
+        self.waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if waiter in self.waiters:  # cancelled while waiting
+                self.waiters.remove(waiter)
 
     async def receive(self) -> Message:
         if self.continue_pending and not self.body_complete:
