@@ -571,7 +571,8 @@ class _Exchange:
             count = min(count, self.length)
         _send_all(self.conn.sock, self._head(count))
         self.head_sent = True
-        if not http11.no_body_expected(self.request.method, int(self.status[:3])):  # type: ignore[index]
+        # count 0 would be refused by socket.sendfile (an empty file is a complete response).
+        if count and not http11.no_body_expected(self.request.method, int(self.status[:3])):  # type: ignore[index]
             try:
                 sent = self.conn.sock.sendfile(filelike, offset, count)
             except OSError:

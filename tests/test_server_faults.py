@@ -38,3 +38,15 @@ def test_asgi_path_is_decoded_with_replacement_and_asgi_dict_is_per_request(proc
     assert scope["raw_path"] == "/scope/%c0/caf%C3%A9"
     assert scope["query_string"] == "x=%c0"
     assert scope["asgi_was_changed"] is False  # the previous request changed its own copy
+
+
+@pytest.mark.parametrize("app", ["wsgi_app.py:app", "wsgi_app.py:raw_app"])
+def test_wsgi_empty_file_response_keeps_the_connection(procs, tmp_path, app):
+    served = Served(procs, tmp_path, app)
+    client = Client(served.connect())
+    for _ in range(2):
+        r = client.request("GET", "/empty-file")
+        assert (r.status, r.body, r.headers["content-length"]) == (200, b"", "0")
+        assert "connection" not in r.headers
+    assert client.request("GET", "/hello").status == 200  # the same connection
+    assert "Traceback" not in served.log(), served.log()

@@ -2,6 +2,7 @@
 
 import json
 import os
+import tempfile
 import time
 from wsgiref.validate import validator
 
@@ -25,6 +26,9 @@ def _app(environ, start_response):
     if path == "/file":
         start_response("200 OK", [("Content-Type", "text/x-python")])
         return environ["wsgi.file_wrapper"](open(HERE, "rb"))
+    if path == "/empty-file":  # Django's FileResponse of a 0-byte file
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return environ["wsgi.file_wrapper"](tempfile.TemporaryFile())
     if path == "/echo":
         length = int(environ.get("CONTENT_LENGTH") or 0)
         chunks = []
