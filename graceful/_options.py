@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
+import struct
+import termios
 import time
 from typing import Callable, Optional
 
@@ -32,3 +35,13 @@ def access_log_line(remote: str, started: float, request: Request, status: objec
     return (f'{remote} - - [{when}] "{request.method.decode("latin-1")} '
             f'{request.target.decode("latin-1")} HTTP/{request.version.decode()}" '
             f'{status} {sent}')
+
+
+def unsent_bytes(fd: int) -> int:
+    """Bytes of a connected socket's send queue the peer has not acknowledged yet (Linux
+    SIOCOUTQ); 0 if it cannot be told. A response is delivered when this reaches 0, not when
+    the last send returns: the kernel may still hold megabytes of it for a slow client."""
+    try:
+        return struct.unpack("i", fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+    except (OSError, ValueError):
+        return 0

@@ -21,7 +21,7 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tup
 from urllib.parse import unquote_to_bytes
 
 from . import http11
-from ._options import ServerOptions, access_log_line
+from ._options import ServerOptions, access_log_line, unsent_bytes
 from .asyncio_adapter import AsyncioDrain
 from .http11 import NEED_DATA, Body, EndOfMessage, HTTPError, Request, RequestParser
 from .upgrader import Upgrader
@@ -179,6 +179,9 @@ class _HttpProtocol(asyncio.Protocol):
         self.drain_waiters: List["asyncio.Future[None]"] = []
         self.client: Optional[Tuple[str, int]] = None
         self.server_addr: Optional[Tuple[str, int]] = None
+        self.written = 0  # bytes given to the transport
+        self.delivered = 0  # of those, bytes the client has taken (acknowledged)
+        self.delivered_at = 0.0  # loop time the client last took some
 
     # -- connection events ----------------------------------------------------------------------
 
@@ -254,7 +257,7 @@ class _HttpProtocol(asyncio.Protocol):
     def _refuse(self, exc: HTTPError) -> None:
         log.info("refused a request from %s: %s", self.client, exc)
         if self.cycle is None or not self.cycle.response_started:
-            self.transport.write(http11.error_response(exc.status))
+            self.write(http11.error_response(exc.status))
         self.close_gently()
 
     def cycle_done(self, keep_alive: bool) -> None:
@@ -277,16 +280,54 @@ class _HttpProtocol(asyncio.Protocol):
         self.idle_since = self.loop.time()
         self.drain.idle(self.transport)
 
+    def write(self, data: bytes) -> None:
+        if self.delivered == self.written:
+            self.delivered_at = self.loop.time()  # the no-progress clock starts now
+        self.written += len(data)
+        self.transport.write(data)
+
     def check_timeouts(self, now: float) -> None:
-        """Called by the server's sweep: slow-loris heads and idle keep-alive connections."""
+        """Called by the server's sweep: stalled sends, slow-loris heads and idle keep-alive
+        connections."""
+        if self._send_stalled(now):
+            return
         if self.closing or self.cycle is not None:
+            return
+        if self.delivered != self.written:
+            self.idle_since = now  # still delivering the last response: not idle yet
             return
         if self.head_since is not None:
             if now - self.head_since > self.options.header_timeout:
-                self.transport.write(http11.error_response(408))
+                self.write(http11.error_response(408))
                 self.close_gently()
         elif self.idle_since is not None and now - self.idle_since > self.options.keepalive_timeout:
             self.close_gently()
+
+    def _send_stalled(self, now: float) -> bool:
+        """Abort a connection whose client took nothing for ``body_timeout`` seconds.
+
+        The timeout bounds a wait for progress, never the whole delivery: a slow client that
+        keeps reading gets a response of any size. Progress is what the client acknowledged
+        (the kernel's send queue counts too), measured only while something is undelivered.
+        """
+        if self.delivered == self.written:
+            return False
+        sock = self.transport.get_extra_info("socket")
+        unsent = self.transport.get_write_buffer_size()
+        if sock is not None:
+            unsent += unsent_bytes(sock.fileno())
+        delivered = self.written - unsent
+        if delivered != self.delivered:
+            self.delivered = delivered
+            self.delivered_at = now
+            return False
+        if now - self.delivered_at <= self.options.body_timeout:
+            return False
+        log.info("closing the connection of %s: it took no response data for %gs",
+                 self.client, self.options.body_timeout)
+        self.closing = True
+        self.transport.abort()
+        return True
 
     def close_gently(self) -> None:
         """Half-close, give the client a moment to finish, then close (no RST)."""
@@ -424,7 +465,7 @@ class _Cycle:
     async def receive(self) -> Message:
         if self.continue_pending and not self.body_complete:
             self.continue_pending = False
-            self.protocol.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.protocol.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         while not self.chunks and not self.body_complete and not self.gone:
             await self._wait()
         if self.chunks or (self.body_complete and not self.final_sent and not self.gone):
@@ -505,7 +546,7 @@ class _Cycle:
         else:
             out += data
         if out and not self.protocol.closing:
-            self.protocol.transport.write(out)
+            self.protocol.write(out)
         if not more:
             self._finish()
 

@@ -28,7 +28,7 @@ from . import http11
 from .drain import accept_backlog, close_gently
 from .http11 import NEED_DATA, Body, EndOfMessage, HTTPError, Limits, Request, RequestParser
 from .upgrader import Upgrader
-from ._options import ServerOptions, access_log_line
+from ._options import ServerOptions, access_log_line, unsent_bytes
 
 __all__ = ["WSGIServer", "FileWrapper", "ServerOptions"]
 
@@ -44,7 +44,7 @@ class _Conn:
     """A client connection and its parser; lives in the selector between requests."""
 
     __slots__ = ("sock", "parser", "peer", "server_addr", "unix", "since", "head_started",
-                 "lingering")
+                 "lingering", "unsent")
 
     def __init__(self, sock: socket.socket, peer: Any, server_addr: Tuple[str, str], unix: bool,
                  limits: Limits) -> None:
@@ -56,6 +56,7 @@ class _Conn:
         self.since = time.monotonic()  # last activity
         self.head_started: Optional[float] = None  # first byte of a request head not yet whole
         self.lingering: Optional[float] = None  # closing: deadline for the client's last bytes
+        self.unsent = 0  # the kernel still held this much of the last response at the last look
 
 
 class WSGIServer:
@@ -301,9 +302,22 @@ class WSGIServer:
                 if now - conn.head_started > options.header_timeout:
                     self._refuse(conn, HTTPError(408, "request head not received in time"))
             elif now - conn.since > options.keepalive_timeout:
-                self._linger(conn)
+                if not self._still_delivering(conn):
+                    self._linger(conn)
             elif draining_since is not None and now - max(conn.since, draining_since) >= grace:
                 self._linger(conn)  # idle through the grace after the drain began
+
+    @staticmethod
+    def _still_delivering(conn: _Conn) -> bool:
+        """Whether the client is still taking the last response from the kernel's queue:
+        keep-alive idleness starts when it has it all (a client that took nothing since the
+        last look is idle)."""
+        unsent = unsent_bytes(conn.sock.fileno())
+        progressed = 0 < unsent != conn.unsent
+        conn.unsent = unsent
+        if progressed:
+            conn.since = time.monotonic()
+        return progressed
 
     # -- workers --------------------------------------------------------------------------------
 
@@ -595,8 +609,27 @@ class _ClientGone(Exception):
 
 
 def _send_all(sock: socket.socket, data: bytes) -> None:
+    """Send everything; the socket's timeout bounds each wait for progress, not the total.
+
+    ``sendall`` applies the timeout to the whole call, which cuts off a large response to a
+    slow but steady client; each ``send`` waits for room anew.
+    """
+    view = memoryview(data)
+    unsent = -1  # the kernel's send queue when it was last full
     try:
-        sock.sendall(data)
+        while view:
+            try:
+                sent = sock.send(view)
+            except socket.timeout:
+                # The kernel wakes a sender only once much of its queue is free: a client
+                # that reads slowly made progress if the queue shrank at all.
+                before, unsent = unsent, unsent_bytes(sock.fileno())
+                if 0 <= unsent < before:
+                    continue
+                raise
+            view = view[sent:]
+            if view:  # the queue is full: measure progress from here
+                unsent = unsent_bytes(sock.fileno())
     except OSError:
         raise _ClientGone() from None
 

@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
+import time
 
 import pytest
 
 from _serve import Client, Served
 from _support import wait_established, wait_for
+from graceful._proc import ESTABLISHED, tcp_sockets
 
 BOTH = pytest.mark.parametrize("app", ["wsgi_app.py:app", "asgi_app.py:app"])
 
@@ -50,3 +53,67 @@ def test_wsgi_empty_file_response_keeps_the_connection(procs, tmp_path, app):
         assert "connection" not in r.headers
     assert client.request("GET", "/hello").status == 200  # the same connection
     assert "Traceback" not in served.log(), served.log()
+
+
+_BIG = 16 << 20
+
+
+def _small_window_client(port: int) -> socket.socket:
+    """A client whose small receive buffer keeps most of a large response in the server."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    sock.settimeout(30)
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
+def _server_side_established(port: int, client: socket.socket) -> bool:
+    client_port = client.getsockname()[1]
+    return any(row.local_port == port and row.remote_port == client_port
+               for row in tcp_sockets(ESTABLISHED))
+
+
+@BOTH
+def test_a_slow_steady_reader_gets_a_large_one_piece_response_whole(procs, tmp_path, app):
+    # --body-timeout 1: the delivery takes many times that; it must not be cut off, and the
+    # connection must stay open for the next request (not be taken for an idle one).
+    served = Served(procs, tmp_path, app, "--body-timeout", "1", "--keepalive-timeout", "2")
+    client = Client(_small_window_client(served.port))
+    client.send(b"GET /one-piece?%d HTTP/1.1\r\nHost: t\r\n\r\n" % _BIG)
+    started = time.monotonic()
+    while b"\r\n\r\n" not in client.buffer:
+        assert client._fill()
+    head, body = client.buffer.split(b"\r\n\r\n", 1)
+    assert b"content-length: %d" % _BIG in head.lower()
+    received = len(body)
+    while received < _BIG:  # about 1.6 MB/s: 16 KiB every 10 ms
+        data = client.sock.recv(16384)
+        assert data, f"response cut off after {received} of {_BIG} bytes"
+        received += len(data)
+        time.sleep(0.01)  # sleep-ok: the client under test reads slowly
+    assert received == _BIG
+    assert time.monotonic() - started > 3  # the test did test a slow delivery
+    client.buffer = b""
+    assert client.request("GET", "/hello").status == 200
+    assert "Traceback" not in served.log()
+
+
+@BOTH
+def test_a_client_that_stops_reading_is_closed_after_the_send_timeout(procs, tmp_path, app):
+    served = Served(procs, tmp_path, app, "--body-timeout", "1", "--keepalive-timeout", "600")
+    sock = _small_window_client(served.port)
+    sock.sendall(b"GET /one-piece?%d HTTP/1.1\r\nHost: t\r\n\r\n" % _BIG)
+    wait_established(served.port, [sock])
+    served.wait(lambda: not _server_side_established(served.port, sock), 30,
+                what="the server to give up on a client that reads nothing")
+    received = 0
+    try:
+        while True:
+            data = sock.recv(1 << 20)
+            if not data:
+                break
+            received += len(data)
+    except ConnectionResetError:
+        pass
+    assert received < _BIG
+    assert Client(served.connect()).request("GET", "/hello").status == 200

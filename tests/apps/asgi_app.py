@@ -100,6 +100,8 @@ async def app(scope, receive, send):
         await read_body(receive)
         message = await receive()  # blocks until the client goes away
         _record(message["type"])
+    elif path == "/one-piece":  # a large body in one message
+        await respond(send, b"x" * int(scope["query_string"]))
     elif path == "/two-receivers":
         await two_receivers(receive, send)
     elif path == "/error":
