@@ -33,6 +33,7 @@ log = logging.getLogger("graceful")
 LIFESPAN_FAILED = 3  # exit status when the application's lifespan startup fails
 _HIGH_WATER = 1 << 16  # request body bytes buffered before reading pauses
 _LINGER = 1.0
+_MAX_DISCARD = 1 << 20  # unread request body we read off to keep a connection alive
 _SWEEP = 0.25  # how often timeouts are checked
 _ASGI = {"version": "3.0", "spec_version": "2.3"}
 
@@ -263,10 +264,12 @@ class _HttpProtocol(asyncio.Protocol):
     def cycle_done(self, keep_alive: bool) -> None:
         """The response is complete: next request, idle, or close."""
         cycle = self.cycle
+        if keep_alive and not self.closing and cycle is not None and not cycle.body_complete:
+            cycle.read_off()  # the head promised keep-alive: its end_of_body comes back here
+            return
         self.cycle = None
         if not keep_alive or self.closing or cycle is None or not cycle.body_complete:
-            # An unread body would have to be read off first; closing is simpler and safe.
-            self.close_gently()
+            self.close_gently()  # the close reads off what the client still sends
             return
         self.parser.start_next()
         if cycle.paused_reading:
@@ -291,7 +294,12 @@ class _HttpProtocol(asyncio.Protocol):
         connections."""
         if self._send_stalled(now):
             return
-        if self.closing or self.cycle is not None:
+        cycle = self.cycle
+        if cycle is not None and cycle.reading_off and not self.closing:
+            if now - cycle.body_at > self.options.body_timeout:
+                self.close_gently()  # the client stopped sending the body we read off
+            return
+        if self.closing or cycle is not None:
             return
         if self.delivered != self.written:
             self.idle_since = now  # still delivering the last response: not idle yet
@@ -359,6 +367,9 @@ class _Cycle:
         self.buffered = 0
         self.paused_reading = False
         self.body_complete = not request.has_body
+        self.received = 0  # body bytes from the client so far
+        self.body_at = protocol.loop.time()  # loop time the last piece of body arrived
+        self.reading_off = False  # the response is done; the rest of the body is dropped
         self.final_sent = False  # the last http.request message was delivered
         self.gone = False  # the client disconnected, or the response is complete
         # Every pending receive() waits here: an app may call it from several tasks at once
@@ -398,6 +409,10 @@ class _Cycle:
                 waiter.set_result(None)
 
     def body(self, data: bytes) -> None:
+        self.received += len(data)
+        self.body_at = self.protocol.loop.time()
+        if self.reading_off:
+            return
         self.chunks.append(data)
         self.buffered += len(data)
         if self.buffered > _HIGH_WATER:
@@ -407,6 +422,25 @@ class _Cycle:
     def end_of_body(self) -> None:
         self.body_complete = True
         self._wake()
+        if self.reading_off:
+            self.protocol.cycle_done(True)
+
+    def can_read_off(self) -> bool:
+        """Whether what the app has not read of the body can be read off after the response
+        (its size is known and small, and the client is not waiting for 100 Continue)."""
+        length = self.request.content_length
+        return self.body_complete or (not self.continue_pending and length is not None
+                                      and length - self.received <= _MAX_DISCARD)
+
+    def read_off(self) -> None:
+        """Drop the rest of the request body as it arrives, then go on to the next request."""
+        self.reading_off = True
+        self.chunks = []
+        self.buffered = 0
+        self.body_at = self.protocol.loop.time()
+        if self.paused_reading:
+            self.paused_reading = False
+            self.protocol.transport.resume_reading()
 
     def disconnected(self) -> None:
         self.gone = True
@@ -522,6 +556,8 @@ class _Cycle:
         self.response_started = True
 
     def _build_head(self, first_body: Optional[int]) -> bytes:
+        if not self.can_read_off():
+            self.keep_alive = False  # say so in the head: never close a promised keep-alive
         head, self.length, self.chunked, self.keep_alive = http11.frame_response(
             self.request, self.status, http11.status_line(self.status), self.headers,
             self.length, first_body, self.keep_alive, self.protocol.drain.draining)

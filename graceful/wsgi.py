@@ -38,6 +38,7 @@ _RECV = 65536
 _TICK = 0.25  # how often the loop checks timeouts while nothing happens
 _MAX_DISCARD = 1 << 20  # unread request body we read off to keep a connection alive
 _LINGER = 1.0  # a connection we close waits this long for the client's last bytes
+_MAX_LINGER_READ = 64 << 20  # and reads off at most this much of them (an unread upload)
 
 
 class _Conn:
@@ -338,7 +339,7 @@ class WSGIServer:
                 except OSError:
                     keep = False
             if not keep:
-                close_gently(conn.sock, _LINGER)
+                close_gently(conn.sock, _LINGER, _MAX_LINGER_READ)
             self._returned.put((conn, keep))
             self._wake()
 
@@ -391,9 +392,9 @@ class _Exchange:
             except _ClientGone:
                 return False
         self._log()
-        if not self.input.finish():
-            return False
-        return self.keep_alive and self.head_sent and self._complete()
+        if not (self.keep_alive and self.head_sent and self._complete()):
+            return False  # the close reads off what the client still sends
+        return self.input.finish()
 
     def _complete(self) -> bool:
         """Whether the client got the whole body the head announced."""
@@ -538,6 +539,8 @@ class _Exchange:
 
     def _head(self, body_length: Optional[int]) -> bytes:
         assert self.status is not None, "the application returned without calling start_response"
+        if not self.input.can_read_off():
+            self.keep_alive = False  # say so in the head: never close a promised keep-alive
         headers = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in self.headers]
         head, self.length, self.chunked, self.keep_alive = http11.frame_response(
             self.request, int(self.status[:3]), self.status.encode("latin-1"), headers,
@@ -642,6 +645,7 @@ class _Input(io.RawIOBase):
         self._conn = conn
         self._request = request
         self._buffer = bytearray()
+        self._received = 0  # body bytes taken from the parser
         self._done = not request.has_body
         self._continue_pending = request.expect_continue
         if self._done:
@@ -666,6 +670,7 @@ class _Input(io.RawIOBase):
             event = parser.next_event()
             if isinstance(event, Body):
                 self._buffer += event.data
+                self._received += len(event.data)
                 return True
             if isinstance(event, EndOfMessage):
                 self._done = True
@@ -716,12 +721,22 @@ class _Input(io.RawIOBase):
     def __iter__(self):  # type: ignore[override]
         return iter(self.readline, b"")
 
+    def can_read_off(self) -> bool:
+        """Whether what the app has not read of the body can be read off after the response
+        (its size is known and small, and the client is not waiting for 100 Continue)."""
+        if self._done:
+            return True
+        length = self._request.content_length
+        return (not self._continue_pending and length is not None
+                and length - self._received <= _MAX_DISCARD)
+
     def finish(self) -> bool:
         """After the response: read off what the app left unread; False to close instead."""
         if self._done:
             return True
         if self._continue_pending:
             return False  # the client waits for 100 Continue: it never sent the body
+        self._buffer.clear()  # read from the client already; can_read_off counted the rest
         discarded = 0
         try:
             while self._fill():

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import socket
+import threading
 import time
 
 import pytest
@@ -117,3 +118,45 @@ def test_a_client_that_stops_reading_is_closed_after_the_send_timeout(procs, tmp
         pass
     assert received < _BIG
     assert Client(served.connect()).request("GET", "/hello").status == 200
+
+
+def _upload_unread(client: Client, size: int, expect_continue: bool = False):
+    """POST ``size`` bytes to /deny, sending while reading the answer (as curl does)."""
+    head = b"POST /deny HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n" % size
+    if expect_continue:
+        head += b"Expect: 100-continue\r\n"
+    failures = []
+
+    def send_body() -> None:
+        try:
+            client.sock.sendall(os.urandom(size))
+        except OSError as exc:
+            failures.append(exc)
+
+    client.send(head + b"\r\n")
+    sender = threading.Thread(target=send_body, daemon=True)
+    if not expect_continue:
+        sender.start()
+    r = client.response()
+    if expect_continue:
+        sender.start()  # a client that stops waiting for 100 Continue sends the body anyway
+    sender.join(30)
+    assert not sender.is_alive()
+    return r, failures
+
+
+@BOTH
+@pytest.mark.parametrize("size, expect_continue", [(600_000, False), (3_000_000, False),
+                                                   (100_000, True)])
+def test_an_unread_request_body_never_breaks_a_promised_keepalive(procs, tmp_path, app, size,
+                                                                  expect_continue):
+    served = Served(procs, tmp_path, app)
+    client = Client(served.connect())
+    r, failures = _upload_unread(client, size, expect_continue)
+    assert (r.status, r.body) == (401, b"denied\n")
+    if r.headers.get("connection") == "close":
+        assert size > 1 << 20 or expect_continue  # a small body is read off instead
+        assert client.closed_by_server()
+        assert failures == []  # read off while closing: no reset under the client's upload
+    else:
+        assert client.request("GET", "/hello").status == 200  # the same connection

@@ -102,6 +102,8 @@ async def app(scope, receive, send):
         _record(message["type"])
     elif path == "/one-piece":  # a large body in one message
         await respond(send, b"x" * int(scope["query_string"]))
+    elif path == "/deny":  # answers without reading the request body (a 401 to an upload)
+        await respond(send, b"denied\n", status=401)
     elif path == "/two-receivers":
         await two_receivers(receive, send)
     elif path == "/error":

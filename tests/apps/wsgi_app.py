@@ -30,6 +30,11 @@ def _app(environ, start_response):
         body = b"x" * int(environ["QUERY_STRING"])
         start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
         return [body]
+    if path == "/deny":  # answers without reading the request body (a 401 to an upload)
+        body = b"denied\n"
+        start_response("401 Unauthorized", [("Content-Type", "text/plain"),
+                                            ("Content-Length", str(len(body)))])
+        return [body]
     if path == "/empty-file":  # Django's FileResponse of a 0-byte file
         start_response("200 OK", [("Content-Type", "text/plain")])
         return environ["wsgi.file_wrapper"](tempfile.TemporaryFile())
