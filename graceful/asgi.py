@@ -16,12 +16,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import socket
 import time
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple
 from urllib.parse import unquote_to_bytes
 
 from . import http11
-from ._options import ServerOptions, access_log_line, unsent_bytes
+from ._options import OUT_OF_RESOURCES, AcceptPause, ServerOptions, access_log_line, unsent_bytes
 from .asyncio_adapter import AsyncioDrain
 from .http11 import NEED_DATA, Body, EndOfMessage, HTTPError, Request, RequestParser
 from .upgrader import Upgrader
@@ -71,16 +72,20 @@ class ASGIServer:
             self.upgrader.close()
             return LIFESPAN_FAILED
         self.loop = asyncio.get_running_loop()
-        servers = []
+        accept_pause = AcceptPause()  # one for all listeners: they share the fd limit
+        servers: List[_Acceptor] = []
         for listener in self.listeners:
-            servers.append(await self.loop.create_server(lambda: _HttpProtocol(self), sock=listener))
+            servers.append(_Acceptor(self.loop, listener, lambda: _HttpProtocol(self),
+                                     self.upgrader, accept_pause, servers))
+        for server in servers:
+            server.start()
         sweeper = self.loop.create_task(self._sweep())
 
         async def after_drain() -> None:
             sweeper.cancel()
             await lifespan.shutdown()
 
-        await self.drain.serve(*servers, after_drain=after_drain)
+        await self.drain.serve(*servers, after_drain=after_drain)  # type: ignore[arg-type]
         return 0
 
     async def _sweep(self) -> None:
@@ -90,6 +95,89 @@ class ASGIServer:
             now = self.loop.time()
             for protocol in list(self.protocols):
                 protocol.check_timeouts(now)
+
+
+class _Acceptor:
+    """Accepts the connections of one listener, in place of asyncio's own accept loop.
+
+    asyncio meets EMFILE by logging a traceback and scheduling a retry for every accept left in
+    its batch, and its retry timer may start accepting again after a drain stopped it. This one
+    pauses all listeners (``AcceptPause``) and resumes only while the generation accepts.
+
+    It is what ``AsyncioDrain`` expects of an ``asyncio.Server``: ``sockets``, ``close()``, and
+    the two names the drain reads, ``_protocol_factory`` (to serve what is still queued) and
+    ``_active_count`` (connections accepted whose transport is not built yet).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, listener: socket.socket,
+                 factory: Callable[[], asyncio.Protocol], upgrader: Upgrader,
+                 pause: AcceptPause, siblings: "List[_Acceptor]") -> None:
+        self.loop = loop
+        self.listener = listener
+        self.lifecycle = upgrader.lifecycle
+        self.pause = pause
+        self._protocol_factory = factory
+        self._active_count = 0
+        self._closed = False
+        listener.setblocking(False)  # it may already be: O_NONBLOCK is shared, never cleared
+        self._siblings = siblings  # the acceptors of the other listeners, paused together
+
+    @property
+    def sockets(self) -> List[socket.socket]:
+        return [] if self._closed else [self.listener]
+
+    def start(self) -> None:
+        self.loop.add_reader(self.listener.fileno(), self._accept)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.loop.remove_reader(self.listener.fileno())
+        self.listener.close()  # our fd only: a successor holds its own
+
+    def _accept(self) -> None:
+        for _ in range(64):  # bounded, so one busy listener cannot starve the loop
+            try:
+                sock, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return  # the other generation took it, or the queue is empty
+            except OSError as exc:
+                if exc.errno in OUT_OF_RESOURCES:
+                    self._pause_all(exc)
+                else:
+                    log.warning("accept failed: %s", exc)
+                return
+            sock.setblocking(False)
+            self._active_count += 1
+            self.loop.create_task(self._build(sock))
+
+    async def _build(self, sock: socket.socket) -> None:
+        try:
+            await self.loop.connect_accepted_socket(self._protocol_factory, sock)
+        except Exception as exc:
+            log.warning("could not set up an accepted connection: %s", exc)
+            sock.close()
+        finally:
+            self._active_count -= 1
+
+    def _pause_all(self, exc: OSError) -> None:
+        """Out of fds: stop watching every listener for a moment (each would fail the same)."""
+        if self.pause.until is None:
+            for acceptor in self._siblings:
+                if not acceptor._closed:
+                    acceptor.loop.remove_reader(acceptor.listener.fileno())
+            self.loop.call_later(self.pause.start(exc), self._resume_all)
+        else:
+            self.pause.start(exc)
+
+    def _resume_all(self) -> None:
+        self.pause.end()
+        if not self.lifecycle.accepting:
+            return  # the drain stopped accepting meanwhile
+        for acceptor in self._siblings:
+            if not acceptor._closed:
+                acceptor.start()
 
 
 class _Lifespan:

@@ -28,7 +28,7 @@ from . import http11
 from .drain import accept_backlog, close_gently
 from .http11 import NEED_DATA, Body, EndOfMessage, HTTPError, Limits, Request, RequestParser
 from .upgrader import Upgrader
-from ._options import ServerOptions, access_log_line, unsent_bytes
+from ._options import OUT_OF_RESOURCES, AcceptPause, ServerOptions, access_log_line, unsent_bytes
 
 __all__ = ["WSGIServer", "FileWrapper", "ServerOptions"]
 
@@ -83,6 +83,7 @@ class WSGIServer:
         self._busy: Dict[int, _Conn] = {}  # id → connection a worker is serving
         self._next_expiry = 0.0
         self._closed = False
+        self._accept_pause = AcceptPause()  # while set, the listeners are out of the selector
         self._lock = threading.Lock()
         self._workers: List[threading.Thread] = []
 
@@ -113,8 +114,10 @@ class WSGIServer:
             self._poll(_TICK)
 
     def _stop_accepting(self) -> None:
+        paused, self._accept_pause.until = self._accept_pause.until, None
         for listener in self.listeners:
-            self._selector.unregister(listener)
+            if paused is None:
+                self._selector.unregister(listener)
             if self.lifecycle.last_holder:
                 for sock, peer in accept_backlog(listener):
                     self._add_connection(listener, sock, peer)
@@ -168,6 +171,10 @@ class WSGIServer:
             elif self.lifecycle.accepting:
                 self._accept(data)
         self._take_returned()
+        if self._accept_pause.due() and self.lifecycle.accepting:
+            self._accept_pause.end()
+            for listener in self.listeners:
+                self._selector.register(listener, selectors.EVENT_READ, listener)
         now = time.monotonic()
         if now >= self._next_expiry:  # not on every wake-up: this walks every idle connection
             self._next_expiry = now + _TICK / 2
@@ -195,9 +202,19 @@ class WSGIServer:
             except (BlockingIOError, InterruptedError):
                 return  # the other generation took it, or the queue is empty
             except OSError as exc:
-                log.warning("accept failed: %s", exc)
+                if exc.errno in OUT_OF_RESOURCES:
+                    self._pause_accepting(exc)
+                else:
+                    log.warning("accept failed: %s", exc)
                 return
             self._add_connection(listener, sock, peer)
+
+    def _pause_accepting(self, exc: OSError) -> None:
+        """Out of fds: stop watching every listener for a moment (each would fail the same)."""
+        if self._accept_pause.until is None:
+            for listener in self.listeners:
+                self._selector.unregister(listener)
+        self._accept_pause.start(exc)
 
     def _add_connection(self, listener: socket.socket, sock: socket.socket, peer: Any) -> None:
         sock.setblocking(False)

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from _serve import Client, Served
-from _support import wait_established, wait_for
+from _serve import APPS, Client, Served
+from _support import PYTHON, ROOT, free_port, wait_established, wait_for
 from graceful._proc import ESTABLISHED, tcp_sockets
 
 BOTH = pytest.mark.parametrize("app", ["wsgi_app.py:app", "asgi_app.py:app"])
@@ -160,3 +160,50 @@ def test_an_unread_request_body_never_breaks_a_promised_keepalive(procs, tmp_pat
         assert failures == []  # read off while closing: no reset under the client's upload
     else:
         assert client.request("GET", "/hello").status == 200  # the same connection
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def _accept_failures(log: str) -> int:
+    return len(re.findall(r"accept.*(Too many open files|out of system resource)", log))
+
+
+@BOTH
+def test_file_descriptor_exhaustion_pauses_accepting_and_recovers(procs, tmp_path, app):
+    port = free_port()
+    log_path = tmp_path / "serve.log"
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    with open(log_path, "w") as log_file:
+        proc = procs.spawn(["sh", "-c", 'ulimit -n 64 && exec "$0" "$@"', PYTHON, "-m", "graceful",
+                            "serve", os.path.join(APPS, app), "--bind", f"web=127.0.0.1:{port}",
+                            "--keepalive-timeout", "600", "--header-timeout", "600"],
+                           stderr=log_file, env=env, cwd=str(tmp_path))
+    wait_for(lambda: f"ready: pid {proc.pid} " in log_path.read_text() or proc.poll() is not None,
+             30, what="the server to be ready")
+    idle = []
+    try:
+        for _ in range(200):  # far more than 64 fds: they wait in the accept queue
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=30))
+        wait_for(lambda: _accept_failures(log_path.read_text()), 30, what="accept to fail")
+        # A window to watch the server in, not a synchronisation.
+        cpu, started = _cpu_seconds(proc.pid), time.monotonic()
+        while time.monotonic() - started < 3:
+            assert proc.poll() is None
+            time.sleep(0.1)  # sleep-ok: the length of the window
+        cpu_share = (_cpu_seconds(proc.pid) - cpu) / (time.monotonic() - started)
+        assert cpu_share < 0.5, f"the server used {cpu_share:.0%} of a CPU while out of fds"
+    finally:
+        for sock in idle:
+            sock.close()
+    log = log_path.read_text()
+    assert 1 <= _accept_failures(log) <= 3, log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
+    # Resumes by itself once descriptors are free again.
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            r = Client(sock).request("GET", "/hello")
+            assert r.status == 200
