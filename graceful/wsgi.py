@@ -114,9 +114,10 @@ class WSGIServer:
             self._poll(_TICK)
 
     def _stop_accepting(self) -> None:
-        paused, self._accept_pause.until = self._accept_pause.until, None
+        paused = self._accept_pause.until is not None  # then the listeners are not registered
+        self._accept_pause.end()
         for listener in self.listeners:
-            if paused is None:
+            if not paused:
                 self._selector.unregister(listener)
             if self.lifecycle.last_holder:
                 for sock, peer in accept_backlog(listener):

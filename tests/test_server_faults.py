@@ -81,19 +81,18 @@ def test_a_slow_steady_reader_gets_a_large_one_piece_response_whole(procs, tmp_p
     served = Served(procs, tmp_path, app, "--body-timeout", "1", "--keepalive-timeout", "2")
     client = Client(_small_window_client(served.port))
     client.send(b"GET /one-piece?%d HTTP/1.1\r\nHost: t\r\n\r\n" % _BIG)
-    started = time.monotonic()
     while b"\r\n\r\n" not in client.buffer:
         assert client._fill()
     head, body = client.buffer.split(b"\r\n\r\n", 1)
     assert b"content-length: %d" % _BIG in head.lower()
     received = len(body)
-    while received < _BIG:  # about 1.6 MB/s: 16 KiB every 10 ms
+    # At most 16 KiB every 10 ms: 1,024 reads or more, so at least ten times the timeout.
+    while received < _BIG:
         data = client.sock.recv(16384)
         assert data, f"response cut off after {received} of {_BIG} bytes"
         received += len(data)
         time.sleep(0.01)  # sleep-ok: the client under test reads slowly
     assert received == _BIG
-    assert time.monotonic() - started > 3  # the test did test a slow delivery
     client.buffer = b""
     assert client.request("GET", "/hello").status == 200
     assert "Traceback" not in served.log()
