@@ -29,7 +29,9 @@ class ServerOptions:
                  url_scheme: str = "http") -> None:
         self.header_timeout = header_timeout  # a request head must arrive within this (slow-loris)
         self.keepalive_timeout = keepalive_timeout  # an idle keep-alive connection is closed after
-        self.body_timeout = body_timeout  # longest wait for the next piece of a request body
+        # Longest wait for progress either way: the next piece of a request body, or the
+        # client taking any of the response (never a cap on the whole transfer).
+        self.body_timeout = body_timeout
         self.limits = limits or Limits()
         self.ready_path = ready_path.encode() if ready_path else None
         self.access_log = access_log

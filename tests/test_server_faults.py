@@ -206,3 +206,13 @@ def test_file_descriptor_exhaustion_pauses_accepting_and_recovers(procs, tmp_pat
         with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
             r = Client(sock).request("GET", "/hello")
             assert r.status == 200
+
+
+@BOTH
+def test_a_client_that_stalls_while_its_unread_body_is_read_off_is_closed(procs, tmp_path, app):
+    served = Served(procs, tmp_path, app, "--body-timeout", "1", "--keepalive-timeout", "600")
+    client = Client(served.connect(timeout=30))
+    client.send(b"POST /deny HTTP/1.1\r\nHost: t\r\nContent-Length: 600000\r\n\r\n" + b"x" * 100_000)
+    r = client.response()
+    assert r.status == 401 and "connection" not in r.headers  # the rest would be read off
+    assert client.closed_by_server(timeout=30)  # but it never comes
