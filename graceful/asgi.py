@@ -16,12 +16,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import socket
 import time
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple
 from urllib.parse import unquote_to_bytes
 
 from . import http11
-from ._options import ServerOptions, access_log_line
+from ._options import OUT_OF_RESOURCES, AcceptPause, ServerOptions, access_log_line, unsent_bytes
 from .asyncio_adapter import AsyncioDrain
 from .http11 import NEED_DATA, Body, EndOfMessage, HTTPError, Request, RequestParser
 from .upgrader import Upgrader
@@ -33,6 +34,7 @@ log = logging.getLogger("graceful")
 LIFESPAN_FAILED = 3  # exit status when the application's lifespan startup fails
 _HIGH_WATER = 1 << 16  # request body bytes buffered before reading pauses
 _LINGER = 1.0
+_MAX_DISCARD = 1 << 20  # unread request body we read off to keep a connection alive
 _SWEEP = 0.25  # how often timeouts are checked
 _ASGI = {"version": "3.0", "spec_version": "2.3"}
 
@@ -70,16 +72,20 @@ class ASGIServer:
             self.upgrader.close()
             return LIFESPAN_FAILED
         self.loop = asyncio.get_running_loop()
-        servers = []
+        accept_pause = AcceptPause()  # one for all listeners: they share the fd limit
+        servers: List[_Acceptor] = []
         for listener in self.listeners:
-            servers.append(await self.loop.create_server(lambda: _HttpProtocol(self), sock=listener))
+            servers.append(_Acceptor(self.loop, listener, lambda: _HttpProtocol(self),
+                                     self.upgrader, accept_pause, servers))
+        for server in servers:
+            server.start()
         sweeper = self.loop.create_task(self._sweep())
 
         async def after_drain() -> None:
             sweeper.cancel()
             await lifespan.shutdown()
 
-        await self.drain.serve(*servers, after_drain=after_drain)
+        await self.drain.serve(*servers, after_drain=after_drain)  # type: ignore[arg-type]
         return 0
 
     async def _sweep(self) -> None:
@@ -89,6 +95,89 @@ class ASGIServer:
             now = self.loop.time()
             for protocol in list(self.protocols):
                 protocol.check_timeouts(now)
+
+
+class _Acceptor:
+    """Accepts the connections of one listener, in place of asyncio's own accept loop.
+
+    asyncio meets EMFILE by logging a traceback and scheduling a retry for every accept left in
+    its batch, and its retry timer may start accepting again after a drain stopped it. This one
+    pauses all listeners (``AcceptPause``) and resumes only while the generation accepts.
+
+    It is what ``AsyncioDrain`` expects of an ``asyncio.Server``: ``sockets``, ``close()``, and
+    the two names the drain reads, ``_protocol_factory`` (to serve what is still queued) and
+    ``_active_count`` (connections accepted whose transport is not built yet).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, listener: socket.socket,
+                 factory: Callable[[], asyncio.Protocol], upgrader: Upgrader,
+                 pause: AcceptPause, siblings: "List[_Acceptor]") -> None:
+        self.loop = loop
+        self.listener = listener
+        self.lifecycle = upgrader.lifecycle
+        self.pause = pause
+        self._protocol_factory = factory
+        self._active_count = 0
+        self._closed = False
+        listener.setblocking(False)  # it may already be: O_NONBLOCK is shared, never cleared
+        self._siblings = siblings  # the acceptors of the other listeners, paused together
+
+    @property
+    def sockets(self) -> List[socket.socket]:
+        return [] if self._closed else [self.listener]
+
+    def start(self) -> None:
+        self.loop.add_reader(self.listener.fileno(), self._accept)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.loop.remove_reader(self.listener.fileno())
+        self.listener.close()  # our fd only: a successor holds its own
+
+    def _accept(self) -> None:
+        for _ in range(64):  # bounded, so one busy listener cannot starve the loop
+            try:
+                sock, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return  # the other generation took it, or the queue is empty
+            except OSError as exc:
+                if exc.errno in OUT_OF_RESOURCES:
+                    self._pause_all(exc)
+                else:
+                    log.warning("accept failed: %s", exc)
+                return
+            sock.setblocking(False)
+            self._active_count += 1
+            self.loop.create_task(self._build(sock))
+
+    async def _build(self, sock: socket.socket) -> None:
+        try:
+            await self.loop.connect_accepted_socket(self._protocol_factory, sock)
+        except Exception as exc:
+            log.warning("could not set up an accepted connection: %s", exc)
+            sock.close()
+        finally:
+            self._active_count -= 1
+
+    def _pause_all(self, exc: OSError) -> None:
+        """Out of fds: stop watching every listener for a moment (each would fail the same)."""
+        if self.pause.until is None:
+            for acceptor in self._siblings:
+                if not acceptor._closed:
+                    acceptor.loop.remove_reader(acceptor.listener.fileno())
+            self.loop.call_later(self.pause.start(exc), self._resume_all)
+        else:
+            self.pause.start(exc)
+
+    def _resume_all(self) -> None:
+        self.pause.end()
+        if not self.lifecycle.accepting:
+            return  # the drain stopped accepting meanwhile
+        for acceptor in self._siblings:
+            if not acceptor._closed:
+                acceptor.start()
 
 
 class _Lifespan:
@@ -179,6 +268,9 @@ class _HttpProtocol(asyncio.Protocol):
         self.drain_waiters: List["asyncio.Future[None]"] = []
         self.client: Optional[Tuple[str, int]] = None
         self.server_addr: Optional[Tuple[str, int]] = None
+        self.written = 0  # bytes given to the transport
+        self.delivered = 0  # of those, bytes the client has taken (acknowledged)
+        self.delivered_at = 0.0  # loop time the client last took some
 
     # -- connection events ----------------------------------------------------------------------
 
@@ -254,16 +346,18 @@ class _HttpProtocol(asyncio.Protocol):
     def _refuse(self, exc: HTTPError) -> None:
         log.info("refused a request from %s: %s", self.client, exc)
         if self.cycle is None or not self.cycle.response_started:
-            self.transport.write(http11.error_response(exc.status))
+            self.write(http11.error_response(exc.status))
         self.close_gently()
 
     def cycle_done(self, keep_alive: bool) -> None:
         """The response is complete: next request, idle, or close."""
         cycle = self.cycle
+        if keep_alive and not self.closing and cycle is not None and not cycle.body_complete:
+            cycle.read_off()  # the head promised keep-alive: its end_of_body comes back here
+            return
         self.cycle = None
         if not keep_alive or self.closing or cycle is None or not cycle.body_complete:
-            # An unread body would have to be read off first; closing is simpler and safe.
-            self.close_gently()
+            self.close_gently()  # the close reads off what the client still sends
             return
         self.parser.start_next()
         if cycle.paused_reading:
@@ -277,16 +371,59 @@ class _HttpProtocol(asyncio.Protocol):
         self.idle_since = self.loop.time()
         self.drain.idle(self.transport)
 
+    def write(self, data: bytes) -> None:
+        if self.delivered == self.written:
+            self.delivered_at = self.loop.time()  # the no-progress clock starts now
+        self.written += len(data)
+        self.transport.write(data)
+
     def check_timeouts(self, now: float) -> None:
-        """Called by the server's sweep: slow-loris heads and idle keep-alive connections."""
-        if self.closing or self.cycle is not None:
+        """Called by the server's sweep: stalled sends, slow-loris heads and idle keep-alive
+        connections."""
+        if self._send_stalled(now):
+            return
+        cycle = self.cycle
+        if cycle is not None and cycle.reading_off and not self.closing:
+            if now - cycle.body_at > self.options.body_timeout:
+                self.close_gently()  # the client stopped sending the body we read off
+            return
+        if self.closing or cycle is not None:
+            return
+        if self.delivered != self.written:
+            self.idle_since = now  # still delivering the last response: not idle yet
             return
         if self.head_since is not None:
             if now - self.head_since > self.options.header_timeout:
-                self.transport.write(http11.error_response(408))
+                self.write(http11.error_response(408))
                 self.close_gently()
         elif self.idle_since is not None and now - self.idle_since > self.options.keepalive_timeout:
             self.close_gently()
+
+    def _send_stalled(self, now: float) -> bool:
+        """Abort a connection whose client took nothing for ``body_timeout`` seconds.
+
+        The timeout bounds a wait for progress, never the whole delivery: a slow client that
+        keeps reading gets a response of any size. Progress is what the client acknowledged
+        (the kernel's send queue counts too), measured only while something is undelivered.
+        """
+        if self.delivered == self.written:
+            return False
+        sock = self.transport.get_extra_info("socket")
+        unsent = self.transport.get_write_buffer_size()
+        if sock is not None:
+            unsent += unsent_bytes(sock.fileno())
+        delivered = self.written - unsent
+        if delivered != self.delivered:
+            self.delivered = delivered
+            self.delivered_at = now
+            return False
+        if now - self.delivered_at <= self.options.body_timeout:
+            return False
+        log.info("closing the connection of %s: it took no response data for %gs",
+                 self.client, self.options.body_timeout)
+        self.closing = True
+        self.transport.abort()
+        return True
 
     def close_gently(self) -> None:
         """Half-close, give the client a moment to finish, then close (no RST)."""
@@ -318,9 +455,14 @@ class _Cycle:
         self.buffered = 0
         self.paused_reading = False
         self.body_complete = not request.has_body
+        self.received = 0  # body bytes from the client so far
+        self.body_at = protocol.loop.time()  # loop time the last piece of body arrived
+        self.reading_off = False  # the response is done; the rest of the body is dropped
         self.final_sent = False  # the last http.request message was delivered
         self.gone = False  # the client disconnected, or the response is complete
-        self.waiter: Optional["asyncio.Future[None]"] = None
+        # Every pending receive() waits here: an app may call it from several tasks at once
+        # (Starlette's listen_for_disconnect beside the app's own), and each must be woken.
+        self.waiters: List["asyncio.Future[None]"] = []
         self.continue_pending = request.expect_continue
         self.response_started = False
         self.response_complete = False
@@ -349,13 +491,16 @@ class _Cycle:
     # -- the body, from the protocol ------------------------------------------------------------
 
     def _wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None:
-            self.waiter = None
+        waiters, self.waiters = self.waiters, []
+        for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
 
     def body(self, data: bytes) -> None:
+        self.received += len(data)
+        self.body_at = self.protocol.loop.time()
+        if self.reading_off:
+            return
         self.chunks.append(data)
         self.buffered += len(data)
         if self.buffered > _HIGH_WATER:
@@ -365,6 +510,25 @@ class _Cycle:
     def end_of_body(self) -> None:
         self.body_complete = True
         self._wake()
+        if self.reading_off:
+            self.protocol.cycle_done(True)
+
+    def can_read_off(self) -> bool:
+        """Whether what the app has not read of the body can be read off after the response
+        (its size is known and small, and the client is not waiting for 100 Continue)."""
+        length = self.request.content_length
+        return self.body_complete or (not self.continue_pending and length is not None
+                                      and length - self.received <= _MAX_DISCARD)
+
+    def read_off(self) -> None:
+        """Drop the rest of the request body as it arrives, then go on to the next request."""
+        self.reading_off = True
+        self.chunks = []
+        self.buffered = 0
+        self.body_at = self.protocol.loop.time()
+        if self.paused_reading:
+            self.paused_reading = False
+            self.protocol.transport.resume_reading()
 
     def disconnected(self) -> None:
         self.gone = True
@@ -377,11 +541,12 @@ class _Cycle:
         protocol = self.protocol
         return {
             "type": "http",
-            "asgi": _ASGI,
+            "asgi": dict(_ASGI),  # the app may change it: its own per request
             "http_version": "1.1" if request.version == b"1.1" else "1.0",
             "method": request.method.decode("latin-1"),
             "scheme": protocol.options.url_scheme,
-            "path": unquote_to_bytes(request.path).decode("utf-8", "surrogateescape"),
+            # Invalid UTF-8 becomes U+FFFD: a surrogate escape is a str no app can encode.
+            "path": unquote_to_bytes(request.path).decode("utf-8", "replace"),
             "raw_path": request.path,
             "query_string": request.query,
             "root_path": "",
@@ -411,13 +576,18 @@ class _Cycle:
             self._finish()
 
     async def _wait(self) -> None:
-        self.waiter = self.protocol.loop.create_future()
-        await self.waiter
+        waiter = self.protocol.loop.create_future()
+        self.waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if waiter in self.waiters:  # cancelled while waiting
+                self.waiters.remove(waiter)
 
     async def receive(self) -> Message:
         if self.continue_pending and not self.body_complete:
             self.continue_pending = False
-            self.protocol.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.protocol.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         while not self.chunks and not self.body_complete and not self.gone:
             await self._wait()
         if self.chunks or (self.body_complete and not self.final_sent and not self.gone):
@@ -474,6 +644,8 @@ class _Cycle:
         self.response_started = True
 
     def _build_head(self, first_body: Optional[int]) -> bytes:
+        if not self.can_read_off():
+            self.keep_alive = False  # say so in the head: never close a promised keep-alive
         head, self.length, self.chunked, self.keep_alive = http11.frame_response(
             self.request, self.status, http11.status_line(self.status), self.headers,
             self.length, first_body, self.keep_alive, self.protocol.drain.draining)
@@ -498,7 +670,7 @@ class _Cycle:
         else:
             out += data
         if out and not self.protocol.closing:
-            self.protocol.transport.write(out)
+            self.protocol.write(out)
         if not more:
             self._finish()
 

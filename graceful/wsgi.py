@@ -28,7 +28,7 @@ from . import http11
 from .drain import accept_backlog, close_gently
 from .http11 import NEED_DATA, Body, EndOfMessage, HTTPError, Limits, Request, RequestParser
 from .upgrader import Upgrader
-from ._options import ServerOptions, access_log_line
+from ._options import OUT_OF_RESOURCES, AcceptPause, ServerOptions, access_log_line, unsent_bytes
 
 __all__ = ["WSGIServer", "FileWrapper", "ServerOptions"]
 
@@ -38,13 +38,14 @@ _RECV = 65536
 _TICK = 0.25  # how often the loop checks timeouts while nothing happens
 _MAX_DISCARD = 1 << 20  # unread request body we read off to keep a connection alive
 _LINGER = 1.0  # a connection we close waits this long for the client's last bytes
+_MAX_LINGER_READ = 64 << 20  # and reads off at most this much of them (an unread upload)
 
 
 class _Conn:
     """A client connection and its parser; lives in the selector between requests."""
 
     __slots__ = ("sock", "parser", "peer", "server_addr", "unix", "since", "head_started",
-                 "lingering")
+                 "lingering", "unsent")
 
     def __init__(self, sock: socket.socket, peer: Any, server_addr: Tuple[str, str], unix: bool,
                  limits: Limits) -> None:
@@ -56,6 +57,7 @@ class _Conn:
         self.since = time.monotonic()  # last activity
         self.head_started: Optional[float] = None  # first byte of a request head not yet whole
         self.lingering: Optional[float] = None  # closing: deadline for the client's last bytes
+        self.unsent = 0  # the kernel still held this much of the last response at the last look
 
 
 class WSGIServer:
@@ -81,6 +83,7 @@ class WSGIServer:
         self._busy: Dict[int, _Conn] = {}  # id → connection a worker is serving
         self._next_expiry = 0.0
         self._closed = False
+        self._accept_pause = AcceptPause()  # while set, the listeners are out of the selector
         self._lock = threading.Lock()
         self._workers: List[threading.Thread] = []
 
@@ -111,8 +114,11 @@ class WSGIServer:
             self._poll(_TICK)
 
     def _stop_accepting(self) -> None:
+        paused = self._accept_pause.until is not None  # then the listeners are not registered
+        self._accept_pause.end()
         for listener in self.listeners:
-            self._selector.unregister(listener)
+            if not paused:
+                self._selector.unregister(listener)
             if self.lifecycle.last_holder:
                 for sock, peer in accept_backlog(listener):
                     self._add_connection(listener, sock, peer)
@@ -166,6 +172,10 @@ class WSGIServer:
             elif self.lifecycle.accepting:
                 self._accept(data)
         self._take_returned()
+        if self._accept_pause.due() and self.lifecycle.accepting:
+            self._accept_pause.end()
+            for listener in self.listeners:
+                self._selector.register(listener, selectors.EVENT_READ, listener)
         now = time.monotonic()
         if now >= self._next_expiry:  # not on every wake-up: this walks every idle connection
             self._next_expiry = now + _TICK / 2
@@ -193,9 +203,19 @@ class WSGIServer:
             except (BlockingIOError, InterruptedError):
                 return  # the other generation took it, or the queue is empty
             except OSError as exc:
-                log.warning("accept failed: %s", exc)
+                if exc.errno in OUT_OF_RESOURCES:
+                    self._pause_accepting(exc)
+                else:
+                    log.warning("accept failed: %s", exc)
                 return
             self._add_connection(listener, sock, peer)
+
+    def _pause_accepting(self, exc: OSError) -> None:
+        """Out of fds: stop watching every listener for a moment (each would fail the same)."""
+        if self._accept_pause.until is None:
+            for listener in self.listeners:
+                self._selector.unregister(listener)
+        self._accept_pause.start(exc)
 
     def _add_connection(self, listener: socket.socket, sock: socket.socket, peer: Any) -> None:
         sock.setblocking(False)
@@ -301,9 +321,22 @@ class WSGIServer:
                 if now - conn.head_started > options.header_timeout:
                     self._refuse(conn, HTTPError(408, "request head not received in time"))
             elif now - conn.since > options.keepalive_timeout:
-                self._linger(conn)
+                if not self._still_delivering(conn):
+                    self._linger(conn)
             elif draining_since is not None and now - max(conn.since, draining_since) >= grace:
                 self._linger(conn)  # idle through the grace after the drain began
+
+    @staticmethod
+    def _still_delivering(conn: _Conn) -> bool:
+        """Whether the client is still taking the last response from the kernel's queue:
+        keep-alive idleness starts when it has it all (a client that took nothing since the
+        last look is idle)."""
+        unsent = unsent_bytes(conn.sock.fileno())
+        progressed = 0 < unsent != conn.unsent
+        conn.unsent = unsent
+        if progressed:
+            conn.since = time.monotonic()
+        return progressed
 
     # -- workers --------------------------------------------------------------------------------
 
@@ -324,7 +357,7 @@ class WSGIServer:
                 except OSError:
                     keep = False
             if not keep:
-                close_gently(conn.sock, _LINGER)
+                close_gently(conn.sock, _LINGER, _MAX_LINGER_READ)
             self._returned.put((conn, keep))
             self._wake()
 
@@ -377,9 +410,9 @@ class _Exchange:
             except _ClientGone:
                 return False
         self._log()
-        if not self.input.finish():
-            return False
-        return self.keep_alive and self.head_sent and self._complete()
+        if not (self.keep_alive and self.head_sent and self._complete()):
+            return False  # the close reads off what the client still sends
+        return self.input.finish()
 
     def _complete(self) -> bool:
         """Whether the client got the whole body the head announced."""
@@ -524,6 +557,8 @@ class _Exchange:
 
     def _head(self, body_length: Optional[int]) -> bytes:
         assert self.status is not None, "the application returned without calling start_response"
+        if not self.input.can_read_off():
+            self.keep_alive = False  # say so in the head: never close a promised keep-alive
         headers = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in self.headers]
         head, self.length, self.chunked, self.keep_alive = http11.frame_response(
             self.request, int(self.status[:3]), self.status.encode("latin-1"), headers,
@@ -571,7 +606,8 @@ class _Exchange:
             count = min(count, self.length)
         _send_all(self.conn.sock, self._head(count))
         self.head_sent = True
-        if not http11.no_body_expected(self.request.method, int(self.status[:3])):  # type: ignore[index]
+        # count 0 would be refused by socket.sendfile (an empty file is a complete response).
+        if count and not http11.no_body_expected(self.request.method, int(self.status[:3])):  # type: ignore[index]
             try:
                 sent = self.conn.sock.sendfile(filelike, offset, count)
             except OSError:
@@ -594,8 +630,27 @@ class _ClientGone(Exception):
 
 
 def _send_all(sock: socket.socket, data: bytes) -> None:
+    """Send everything; the socket's timeout bounds each wait for progress, not the total.
+
+    ``sendall`` applies the timeout to the whole call, which cuts off a large response to a
+    slow but steady client; each ``send`` waits for room anew.
+    """
+    view = memoryview(data)
+    unsent = -1  # the kernel's send queue when it was last full
     try:
-        sock.sendall(data)
+        while view:
+            try:
+                sent = sock.send(view)
+            except socket.timeout:
+                # The kernel wakes a sender only once much of its queue is free: a client
+                # that reads slowly made progress if the queue shrank at all.
+                before, unsent = unsent, unsent_bytes(sock.fileno())
+                if 0 <= unsent < before:
+                    continue
+                raise
+            view = view[sent:]
+            if view:  # the queue is full: measure progress from here
+                unsent = unsent_bytes(sock.fileno())
     except OSError:
         raise _ClientGone() from None
 
@@ -608,6 +663,7 @@ class _Input(io.RawIOBase):
         self._conn = conn
         self._request = request
         self._buffer = bytearray()
+        self._received = 0  # body bytes taken from the parser
         self._done = not request.has_body
         self._continue_pending = request.expect_continue
         if self._done:
@@ -632,6 +688,7 @@ class _Input(io.RawIOBase):
             event = parser.next_event()
             if isinstance(event, Body):
                 self._buffer += event.data
+                self._received += len(event.data)
                 return True
             if isinstance(event, EndOfMessage):
                 self._done = True
@@ -682,12 +739,22 @@ class _Input(io.RawIOBase):
     def __iter__(self):  # type: ignore[override]
         return iter(self.readline, b"")
 
+    def can_read_off(self) -> bool:
+        """Whether what the app has not read of the body can be read off after the response
+        (its size is known and small, and the client is not waiting for 100 Continue)."""
+        if self._done:
+            return True
+        length = self._request.content_length
+        return (not self._continue_pending and length is not None
+                and length - self._received <= _MAX_DISCARD)
+
     def finish(self) -> bool:
         """After the response: read off what the app left unread; False to close instead."""
         if self._done:
             return True
         if self._continue_pending:
             return False  # the client waits for 100 Continue: it never sent the body
+        self._buffer.clear()  # read from the client already; can_read_off counted the rest
         discarded = 0
         try:
             while self._fill():

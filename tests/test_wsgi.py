@@ -141,14 +141,17 @@ def test_sigquit_finishes_in_flight_and_closes_idle(procs, tmp_path):
     served = Served(procs, tmp_path, "wsgi_app.py:app", "--graceful-timeout", "600")
     idle = Client(served.connect())
     assert idle.request("GET", "/hello").status == 200
+    # In flight when the drain begins, for sure: each request's body is finished only then.
     slow = [Client(served.connect()) for _ in range(3)]
     for c in slow:
-        c.send(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+        c.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nhello")
     wait_established(served.port, [c.sock for c in slow])
     served.proc.send_signal(signal.SIGQUIT)
+    served.wait(lambda: "draining (SIGQUIT)" in served.log(), what="the drain to begin")
     for c in slow:
+        c.send(b"world")
         r = c.response()
-        assert r.status == 200 and r.headers["connection"] == "close"
+        assert (r.status, r.body, r.headers["connection"]) == (200, b"helloworld", "close")
     assert idle.closed_by_server()  # after the idle grace, far before the 600 s deadline
     assert served.proc.wait(30) == 0
 

@@ -56,6 +56,23 @@ async def read_body(receive):
             return b"".join(chunks)
 
 
+async def two_receivers(receive, send):
+    """Stream until the client leaves, with receive() pending in two tasks at once (as
+    Starlette's StreamingResponse and a middleware do); records what each one got."""
+    await read_body(receive)
+    waiting = [asyncio.ensure_future(receive()) for _ in range(2)]
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    for _ in range(1200):  # at most 60 s
+        if all(task.done() for task in waiting):
+            break
+        await send({"type": "http.response.body", "body": b"tick\n", "more_body": True})
+        await asyncio.sleep(0.05)
+    _record("receivers " + " ".join(task.result()["type"] if task.done() else "pending" for task in waiting))
+    for task in waiting:
+        task.cancel()
+    await send({"type": "http.response.body", "body": b""})
+
+
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
         await lifespan(receive, send)
@@ -83,9 +100,15 @@ async def app(scope, receive, send):
         await read_body(receive)
         message = await receive()  # blocks until the client goes away
         _record(message["type"])
+    elif path == "/one-piece":  # a large body in one message
+        await respond(send, b"x" * int(scope["query_string"]))
+    elif path == "/deny":  # answers without reading the request body (a 401 to an upload)
+        await respond(send, b"denied\n", status=401)
+    elif path == "/two-receivers":
+        await two_receivers(receive, send)
     elif path == "/error":
         raise RuntimeError("the application failed on purpose")
-    elif path == "/scope":
+    elif path.startswith("/scope"):
         body = json.dumps({
             "http_version": scope["http_version"], "method": scope["method"],
             "path": scope["path"], "raw_path": scope["raw_path"].decode(),
@@ -93,6 +116,9 @@ async def app(scope, receive, send):
             "server": scope["server"], "headers": [[n.decode(), v.decode()] for n, v in scope["headers"]],
             "asgi": scope["asgi"], "scheme": scope["scheme"],
         }).encode()
+        asgi = scope["asgi"]
+        body = body[:-1] + b', "asgi_was_changed": %s}' % (b"true" if "changed" in asgi else b"false")
+        asgi["changed"] = True  # an app may write to its scope; the next request must not see it
         await respond(send, body)
     else:
         await respond(send, b"not found\n", status=404)

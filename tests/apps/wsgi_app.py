@@ -2,6 +2,7 @@
 
 import json
 import os
+import tempfile
 import time
 from wsgiref.validate import validator
 
@@ -25,6 +26,18 @@ def _app(environ, start_response):
     if path == "/file":
         start_response("200 OK", [("Content-Type", "text/x-python")])
         return environ["wsgi.file_wrapper"](open(HERE, "rb"))
+    if path == "/one-piece":  # a large body in one write, as frameworks return it
+        body = b"x" * int(environ["QUERY_STRING"])
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+        return [body]
+    if path == "/deny":  # answers without reading the request body (a 401 to an upload)
+        body = b"denied\n"
+        start_response("401 Unauthorized", [("Content-Type", "text/plain"),
+                                            ("Content-Length", str(len(body)))])
+        return [body]
+    if path == "/empty-file":  # Django's FileResponse of a 0-byte file
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return environ["wsgi.file_wrapper"](tempfile.TemporaryFile())
     if path == "/echo":
         length = int(environ.get("CONTENT_LENGTH") or 0)
         chunks = []
