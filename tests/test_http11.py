@@ -217,11 +217,15 @@ def _long_chunk_line(size: int) -> bytes:
             b"3" + b";e=v" * (size // 4) + b"\r\nabc\r\n0\r\n\r\n")
 
 
-@pytest.mark.parametrize("make", [_long_head, _long_trailers, _long_chunk_line])
+def _long_target(size: int) -> bytes:
+    return b"GET /" + b"a" * size + b" HTTP/1.1\r\nHost: h\r\n\r\n"
+
+
+@pytest.mark.parametrize("make", [_long_head, _long_trailers, _long_chunk_line, _long_target])
 def test_bytes_examined_are_linear_in_bytes_fed(make):
     """A slow-loris client sending one byte at a time makes the parser look at each byte a
     bounded number of times (the parser counts the bytes its searches cover)."""
-    limits = Limits(max_header_bytes=1 << 20, max_headers=10_000)
+    limits = Limits(max_request_line=1 << 20, max_header_bytes=1 << 20, max_headers=10_000)
     for size in (1000, 4000) if make is _long_chunk_line else (16000, 64000):
         data = make(size)
         parser, events = feed_bytewise(data, limits)
@@ -446,3 +450,59 @@ def test_split_does_not_change_the_outcome(req, position, junk, corrupt):
     whole = _outcome(parse_all, bytes(data), limits)
     bytewise = _outcome(feed_bytewise, bytes(data), limits)
     assert whole == bytewise
+
+
+TCHARS = st.text(TOKEN_CHARS, min_size=1, max_size=6)
+QDTEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7e), max_size=8)
+chunk_exts = st.lists(st.tuples(TCHARS, st.none() | TCHARS | QDTEXT.map(
+    lambda v: '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"')), max_size=3).map(
+    lambda exts: "".join(";" + n + ("" if v is None else "=" + v) for n, v in exts).encode())
+
+
+@settings(max_examples=300)
+@given(st.lists(st.tuples(st.binary(min_size=1, max_size=40), chunk_exts), max_size=4), chunk_exts,
+       st.lists(st.tuples(tokens, field_values), max_size=3), st.lists(st.integers(0, 500), max_size=5))
+def test_chunked_round_trip_with_extensions_and_trailers(chunks, last_ext, trailers, splits):
+    data = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+    for chunk, ext in chunks:
+        data += b"%x%s\r\n%s\r\n" % (len(chunk), ext, chunk)
+    data += b"0" + last_ext + b"\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in trailers) + b"\r\n"
+    events = parse_all(data, splits)
+    assert b"".join(e.data for e in events if isinstance(e, Body)) == b"".join(c for c, _ in chunks)
+    assert events[-1].trailers == [(n.lower(), v) for n, v in trailers]
+
+
+hosts = st.sampled_from([b"h", b"example.test:8080", b"127.0.0.1", b"[::1]:1", b"[v7.a:b]", b""])
+
+
+@settings(max_examples=200)
+@given(hosts, hosts, st.sampled_from([b"http", b"HTTPS"]), path_chars, st.booleans(),
+       st.lists(st.sampled_from([b"100-continue", b"100-CONTINUE", b"", b" , "]), max_size=3))
+def test_hosts_absolute_form_and_expect_round_trip(host, authority, scheme, path, absolute, expects):
+    if absolute and not authority:
+        authority = b"a"
+    target = (scheme + b"://" + authority if absolute else b"") + b"/" + path.encode()
+    data = (b"POST " + target + b" HTTP/1.1\r\nHost: " + host + b"\r\nContent-Length: 1\r\n" +
+            b"".join(b"Expect: " + e + b"\r\n" for e in expects) + b"\r\nx")
+    request = parse_all(data)[0]
+    assert request.host == (authority if absolute else host)
+    assert [v for n, v in request.headers if n == b"host"] == [request.host]
+    assert request.expect_continue == any(e.strip(b" ,") for e in expects)
+    assert request.path == b"/" + path.encode().split(b"?")[0]
+
+
+PREFIXES = [b"", b"GET ", b"GET /", b"GET / HTTP/1.1\r\n", b"GET / HTTP/1.1\r\nHost: h\r\n",
+            b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n1;a=\"b\"\r\nx\r\n",
+            b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n"]
+
+
+@settings(max_examples=500)
+@given(st.sampled_from(PREFIXES), st.binary(max_size=200), st.lists(st.integers(0, 300), max_size=4))
+def test_garbage_at_every_stage_gives_events_or_http_error(prefix, junk, splits):
+    """Garbage after each stage of a request (method, target, version, fields, chunk lines,
+    chunk data, trailers) only ever raises the module's own HTTPError."""
+    try:
+        parse_all(prefix + junk, splits, Limits(max_request_line=100, max_header_bytes=200))
+    except HTTPError as exc:
+        assert exc.status in (400, 413, 414, 417, 431, 501, 505)
