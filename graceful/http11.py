@@ -322,7 +322,13 @@ class RequestParser:
         if end < 0 and buf[stop - 1:stop] == b"\r":
             stop -= 1  # its LF may be next
         if stop > scan:
-            _check_field_bytes(buf, scan, stop)
+            # Control bytes, and any CR or LF not in a CRLF pair (no pair is split at ``scan``
+            # or ``stop``: a CR at the end waits for the next call).
+            if _BAD_FIELD_BYTE(buf, scan, stop):
+                raise HTTPError(400, "control character in the request head")
+            pairs = buf.count(b"\r\n", scan, stop)
+            if buf.count(b"\r", scan, stop) != pairs or buf.count(b"\n", scan, stop) != pairs:
+                raise HTTPError(400, "bare CR or LF in the request head")
             self._examined += stop - scan
             self._scan = stop
         return end + 4 if end >= 0 else -1
@@ -437,16 +443,6 @@ class RequestParser:
         return EndOfMessage(trailers)
 
 
-def _check_field_bytes(buf: bytearray, start: int, stop: int) -> None:
-    """Refuse control bytes and any CR or LF that is not part of a CRLF in ``buf[start:stop]``
-    (the caller never splits a CRLF at ``start`` or ``stop``)."""
-    if _BAD_FIELD_BYTE(buf, start, stop):
-        raise HTTPError(400, "control character in the request head")
-    pairs = buf.count(b"\r\n", start, stop)
-    if buf.count(b"\r", start, stop) != pairs or buf.count(b"\n", start, stop) != pairs:
-        raise HTTPError(400, "bare CR or LF in the request head")
-
-
 def _not_a_request_line(start: bytes) -> str:
     if start[:2] == b"\x16\x03":
         return "a TLS handshake on a plain-HTTP port"
@@ -455,6 +451,8 @@ def _not_a_request_line(start: bytes) -> str:
 
 def _version(text: bytes) -> bytes:
     """b"1.0" or b"1.1" from ``HTTP/x.y``; a later HTTP/1 minor is served as 1.1 (RFC 9110 2.5)."""
+    if text == b"HTTP/1.1":
+        return b"1.1"
     major, minor = text[5:6], text[7:8]
     if major != b"1":
         raise HTTPError(505, f"unsupported version {text!r}")
@@ -582,10 +580,10 @@ def _frame(method: bytes, target: bytes, path: bytes, query: bytes, version: byt
     host = headers[host_at][1] if host_at >= 0 else None
     if authority is not None:
         host = _take_authority(headers, host_at, authority, target)
-    tokens = _list_elements(connection)
+    tokens = _list_elements(connection) if connection else ()
     # "close" wins in every version (RFC 9112 9.6); HTTP/1.0 stays open only when asked.
     keep_alive = b"close" not in tokens and (version == b"1.1" or b"keep-alive" in tokens)
-    expect_continue = _expects_continue(expect) and version == b"1.1" and (
+    expect_continue = bool(expect) and _expects_continue(expect) and version == b"1.1" and (
         chunked or bool(content_length))
     request = Request(method, target, path, query, version, headers, keep_alive, expect_continue,
                       content_length, chunked)
