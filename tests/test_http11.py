@@ -436,7 +436,7 @@ def _outcome(feed, data, limits):
     return summary, error
 
 
-@settings(max_examples=300)
+@settings(max_examples=150)
 @given(requests(), st.integers(0, 400), st.binary(min_size=1, max_size=3), st.booleans())
 def test_split_does_not_change_the_outcome(req, position, junk, corrupt):
     """Fed whole or byte by byte, the same bytes give the same requests or the same status:
@@ -459,7 +459,7 @@ chunk_exts = st.lists(st.tuples(TCHARS, st.none() | TCHARS | QDTEXT.map(
     lambda exts: "".join(";" + n + ("" if v is None else "=" + v) for n, v in exts).encode())
 
 
-@settings(max_examples=300)
+@settings(max_examples=200)
 @given(st.lists(st.tuples(st.binary(min_size=1, max_size=40), chunk_exts), max_size=4), chunk_exts,
        st.lists(st.tuples(tokens, field_values), max_size=3), st.lists(st.integers(0, 500), max_size=5))
 def test_chunked_round_trip_with_extensions_and_trailers(chunks, last_ext, trailers, splits):
@@ -497,7 +497,7 @@ PREFIXES = [b"", b"GET ", b"GET /", b"GET / HTTP/1.1\r\n", b"GET / HTTP/1.1\r\nH
             b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n"]
 
 
-@settings(max_examples=500)
+@settings(max_examples=300)
 @given(st.sampled_from(PREFIXES), st.binary(max_size=200), st.lists(st.integers(0, 300), max_size=4))
 def test_garbage_at_every_stage_gives_events_or_http_error(prefix, junk, splits):
     """Garbage after each stage of a request (method, target, version, fields, chunk lines,
