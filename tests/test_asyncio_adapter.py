@@ -62,9 +62,11 @@ def test_sigquit_finishes_slow_requests_and_closes_idle_ones(procs, extra):
     proc = _start(procs, port, *extra, "--graceful-timeout", "600")
     idle = socket.create_connection(("127.0.0.1", port), timeout=30)
     assert _get(idle, "/fast").startswith(b"HTTP/1.1 200")
+    # These answer only once the drain has begun, so they are in flight across the SIGQUIT
+    # however late the server handles it (a fixed-length request could finish first).
     slow = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(3)]
     for s in slow:
-        s.sendall(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+        s.sendall(b"GET /until-drain HTTP/1.1\r\nHost: t\r\n\r\n")
     wait_established(port, slow)  # queued or accepted, not still in the handshake
     os.kill(proc.pid, signal.SIGQUIT)
     for s in slow:

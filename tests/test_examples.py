@@ -165,7 +165,7 @@ def test_echo_server(procs, tmp_path):
     proc = procs.spawn(argv, cwd=ROOT, env=_env())
 
     def echo(line: bytes) -> bytes:
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
             s.sendall(line)
             return s.makefile("rb").readline()
 
@@ -176,7 +176,7 @@ def test_echo_server(procs, tmp_path):
             return None
 
     assert wait_for(echo_or_none, 30, what="the echo server") == b"hello\n"
-    idle = socket.create_connection(("127.0.0.1", port), timeout=10)
+    idle = socket.create_connection(("127.0.0.1", port), timeout=30)
     with idle:
         idle.sendall(b"one\n")
         assert idle.makefile("rb").readline() == b"one\n"
@@ -461,8 +461,10 @@ def test_kubernetes_deployment(procs, tmp_path):
 
     port = free_port()
     argv = _substitute(argv, port, str(tmp_path / "unused.pid"))
-    # the same command, with a shorter lame duck so the test stays quick
-    argv[argv.index("--shutdown-delay") + 1] = "1"
+    # the same command, with a shorter lame duck so the test stays quick; the request during
+    # it must start within that window after SIGTERM, so not so short that a loaded machine
+    # can delay this process past it (1 s could)
+    argv[argv.index("--shutdown-delay") + 1] = "3"
     proc = procs.spawn(argv, cwd=image["workdir"].replace("/srv/graceful", ROOT), env=_env())
     wait_for(lambda: _get_or_none(port), 30, what="the pod to serve")
     assert _status(http_get(port, probe["path"])) == 200

@@ -66,7 +66,7 @@ def test_another_uid_is_refused_and_the_server_is_unaffected(procs, tmp_path):
             "from graceful.handoff import take_over, HandoffError\n"
             "os.setgid(65534); os.setuid(65534)  # after the imports: /root is not readable\n"
             "try:\n"
-            f"    take_over({handoff!r}, 10)\n"
+            f"    take_over({handoff!r}, 30)\n"
             "except HandoffError as exc:\n"
             "    print(exc)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -75,8 +75,8 @@ def test_another_uid_is_refused_and_the_server_is_unaffected(procs, tmp_path):
     load.wait_requests(load.total + 20)
     load.stop()
     assert load.failures == []
-    served.wait(lambda: "handoff refused to pid" in served.log(), 10)
-    served.wait(lambda: len(os.listdir(f"/proc/{served.proc.pid}/fd")) == before, 10,
+    served.wait(lambda: "handoff refused to pid" in served.log(), 30)
+    served.wait(lambda: len(os.listdir(f"/proc/{served.proc.pid}/fd")) == before, 30,
                 what=f"{before} open fds")
 
 
@@ -104,13 +104,13 @@ def test_garbage_closes_that_connection_and_leaks_nothing(procs, tmp_path, garba
     served.wait(lambda: "did not happen, still serving" in served.log(), 30)
     assert re.search(r"HTTP/1.1 200", _get(served.port))
     # (the HTTP connection just served is closed by the server a moment later)
-    served.wait(lambda: len(os.listdir(f"/proc/{served.proc.pid}/fd")) == before, 10,
+    served.wait(lambda: len(os.listdir(f"/proc/{served.proc.pid}/fd")) == before, 30,
                 what=f"{before} open fds")
     assert process_state(served.proc.pid) not in (None, "Z")
 
 
 def _get(port):
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
         s.sendall(b"GET /hello HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
         data = b""
         while True:
@@ -170,13 +170,13 @@ def test_handoff_uid_allows_another_user(procs, tmp_path):
             f"sys.path.insert(0, {ROOT!r})\n"
             "from graceful.handoff import take_over\n"
             "os.setgid(65534); os.setuid(65534)\n"
-            f"conn, pid, pairs = take_over({handoff!r}, 10)\n"
+            f"conn, pid, pairs = take_over({handoff!r}, 30)\n"
             "print([name for name, fd in pairs], pid)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=60)
     assert result.stdout.split() == ["['web']", str(served.proc.pid)], result
     # It went away without READY: the server still serves and still offers its sockets.
-    served.wait(lambda: "did not happen, still serving" in served.log(), 10)
+    served.wait(lambda: "did not happen, still serving" in served.log(), 30)
     assert b"hello" in http_get(served.port, "/hello")
 
 

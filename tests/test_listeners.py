@@ -343,7 +343,7 @@ def test_child_adopts_a_listener_passed_in_graceful_fds_with_its_queue(procs):
     listener = bind("127.0.0.1:0")
     port = listener.getsockname()[1]
     # Connect before the child exists: the connection waits in the queue the child inherits.
-    early = socket.create_connection(("127.0.0.1", port), timeout=10)
+    early = socket.create_connection(("127.0.0.1", port), timeout=30)
     early.sendall(b"GET / HTTP/1.0\r\n\r\n")
     env = dict(os.environ, GRACEFUL_FDS=f"web={listener.fileno()}")
     child = procs.python(CHILD, "web", _NOT_PASSED, env=env, pass_fds=[listener.fileno()])

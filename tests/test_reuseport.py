@@ -9,7 +9,7 @@ import socket
 import pytest
 
 from _serve import Served
-from _support import Load, http_get
+from _support import Load, http_get, wait_established
 from graceful import reuseport
 from graceful._proc import tcp_listeners
 
@@ -28,7 +28,10 @@ def _reuseport_listener(port: int = 0) -> socket.socket:
 
 def _landed(port: int, listeners, n: int = 30):
     """Connect ``n`` clients; how many each listener got, in order."""
-    clients = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(n)]
+    clients = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(n)]
+    # connect() returns before the server side has the final ACK: until then a connection is
+    # in no accept queue, and a loaded machine can make that last long enough to be counted.
+    wait_established(port, clients)
     counts = []
     for listener in listeners:
         count = 0

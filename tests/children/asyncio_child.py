@@ -2,7 +2,9 @@
 
     python asyncio_child.py BIND [--protocol] [--graceful-timeout S]
 
-GET /fast answers at once, /slow after 200 ms, /hang never; responses carry X-Pid.
+GET /fast answers at once, /slow after 200 ms, /until-drain once the drain has begun (a request
+that is in flight across the SIGQUIT however the processes are scheduled), /hang never; responses
+carry X-Pid.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ def response(drain: AsyncioDrain, status: str = "200 OK") -> bytes:
             .encode() + close + b"\r\n" + body)
 
 
-async def pause(path: str) -> None:
+async def pause(drain: AsyncioDrain, path: str) -> None:
     if path == "/slow":
-        await asyncio.sleep(0.2)  # the slow request under test
+        await asyncio.sleep(0.2)  # the slow request under load
+    elif path == "/until-drain":
+        await drain.upgrader.wait_async()
     elif path == "/hang":
         await asyncio.Event().wait()
 
@@ -42,7 +46,7 @@ def make_stream_handler(drain: AsyncioDrain):
                 drain.busy(writer)
                 while (await reader.readline()) not in (b"\r\n", b""):
                     pass
-                await pause(line.split()[1].decode())
+                await pause(drain, line.split()[1].decode())
                 writer.write(response(drain))
                 await writer.drain()
                 if drain.draining:
@@ -72,7 +76,7 @@ class HttpProtocol(asyncio.Protocol):
             asyncio.get_running_loop().create_task(self.answer(path))
 
     async def answer(self, path: str) -> None:
-        await pause(path)
+        await pause(self.drain, path)
         self.transport.write(response(self.drain))
         if self.drain.draining:
             self.transport.close()

@@ -1,6 +1,6 @@
 """A socketserver server of a given class under graceful (for tests).
 
-    python socketserver_child.py CLASS BIND [--graceful-timeout S]
+    python socketserver_child.py CLASS BIND [--graceful-timeout S] [--idle-grace S]
 
 TCP and Unix servers echo each line prefixed with the pid; HTTP servers answer GET with the pid.
 """
@@ -48,10 +48,11 @@ def main() -> int:
     parser.add_argument("server_class")
     parser.add_argument("bind")
     parser.add_argument("--graceful-timeout", type=float, default=30.0)
+    parser.add_argument("--idle-grace", type=float, default=0.5)
     args = parser.parse_args()
     server_class = getattr(socketserver, args.server_class, None) or getattr(http.server, args.server_class)
     handler = Hello if issubclass(server_class, http.server.HTTPServer) else Echo
-    upgrader = Upgrader(graceful_timeout=args.graceful_timeout)
+    upgrader = Upgrader(graceful_timeout=args.graceful_timeout, idle_grace=args.idle_grace)
     server = make_socketserver(upgrader, server_class, handler, args.bind)
     _announce_ready(upgrader)
     run_socketserver(upgrader, server)
