@@ -145,7 +145,7 @@ def run(args: Any) -> int:
     options = ServerOptions(header_timeout=args.header_timeout,
                             keepalive_timeout=args.keepalive_timeout,
                             body_timeout=args.body_timeout, ready_path=args.ready_path,
-                            access_log=access_log,
+                            access_log=access_log, **websocket_options(args),
                             limits=Limits(max_request_line=args.max_request_line,
                                           max_header_bytes=args.max_header_bytes,
                                           max_headers=args.max_headers, max_body=args.max_body))
@@ -187,6 +187,7 @@ def run_workers(args: Any) -> int:
                "--max-request-line", str(args.max_request_line),
                "--max-header-bytes", str(args.max_header_bytes),
                "--max-headers", str(args.max_headers), "--log-level", args.log_level]
+    worker += websocket_argv(args)
     if args.max_body is not None:
         worker += ["--max-body", str(args.max_body)]
     if args.ready_path:
@@ -238,11 +239,46 @@ def add_arguments(parser: Any) -> None:
                         help="most header fields in a request, else 431 (100)")
     parser.add_argument("--max-body", type=_positive_int, default=None,
                         help="largest request body in bytes, else 413 (no limit)")
+    add_websocket_arguments(parser)
     add_handoff_arguments(parser)
     parser.add_argument("--access-log", metavar="FILE",
                         help="Common Log Format to FILE, or - for stderr; reopened on SIGUSR1")
     parser.add_argument("--log-level", default="info",
                         choices=("debug", "info", "warning", "error", "critical"))
+
+
+def add_websocket_arguments(parser: Any) -> None:
+    """The WebSocket options of ``graceful serve`` (ASGI)."""
+    parser.add_argument("--ws-max-size", type=_positive_int, default=16 << 20,
+                        help="largest WebSocket message in bytes, after inflating; a bigger one "
+                             "is closed with 1009 (16777216)")
+    parser.add_argument("--ws-per-message-deflate", choices=("on", "off"), default="on",
+                        help="accept the permessage-deflate compression clients offer (on)")
+    parser.add_argument("--ws-ping-interval", type=_seconds, default=20.0,
+                        help="seconds between keepalive pings, 0 for none (20)")
+    parser.add_argument("--ws-ping-timeout", type=_seconds, default=20.0,
+                        help="seconds a ping may stay unanswered before the WebSocket is "
+                             "closed (20)")
+    parser.add_argument("--ws-drain-time", type=_seconds, default=3.0,
+                        help="on an upgrade or stop, close WebSockets (1012 / 1001) spread over "
+                             "this many seconds (3)")
+
+
+def websocket_options(args: Any) -> dict:
+    """ServerOptions keyword arguments from the WebSocket options."""
+    return {"ws_max_size": args.ws_max_size,
+            "ws_per_message_deflate": args.ws_per_message_deflate == "on",
+            "ws_ping_interval": args.ws_ping_interval, "ws_ping_timeout": args.ws_ping_timeout,
+            "ws_drain_time": args.ws_drain_time}
+
+
+def websocket_argv(args: Any) -> List[str]:
+    """The WebSocket options again, for a worker's command line."""
+    return ["--ws-max-size", str(args.ws_max_size),
+            "--ws-per-message-deflate", args.ws_per_message_deflate,
+            "--ws-ping-interval", str(args.ws_ping_interval),
+            "--ws-ping-timeout", str(args.ws_ping_timeout),
+            "--ws-drain-time", str(args.ws_drain_time)]
 
 
 def add_handoff_arguments(parser: Any) -> None:
