@@ -411,8 +411,15 @@ def test_sighup_closes_websockets_with_1012_and_loses_no_message(procs, tmp_path
     os.kill(old, signal.SIGHUP)
     new = served.wait(lambda: [int(p) for p in re.findall(r"ready: pid (\d+) ", served.log())
                                if int(p) != old], what="a successor")[0]
-    # New handshakes reach the successor at once, while the old WebSockets still work.
-    fresh = WSClient(served.port)
+    # New handshakes reach the successor, while the old WebSockets still work. The old
+    # generation may accept a few more until it learns that the successor is ready (the two
+    # share the accept queue); those it closes at once with 1012.
+    for _ in range(100):
+        fresh = WSClient(served.port)
+        if fresh.headers["x-pid"] == str(new):
+            break
+        assert fresh.headers["x-pid"] == str(old) and fresh.recv() == ("close", 1012, "")
+        fresh.close()
     assert fresh.headers["x-pid"] == str(new)
     for chatter in chatters:
         chatter.threads[1].join(60)
@@ -430,6 +437,7 @@ def test_sighup_closes_websockets_with_1012_and_loses_no_message(procs, tmp_path
         unechoed = [e["data"] for e in seen if e["event"] == "unechoed" and
                     e["data"].startswith(chatter.name + "-")]
         assert chatter.echoed + unechoed == chatter.sent
-    assert [e["code"] for e in seen if e["event"] == "disconnect"] == [1012] * len(chatters)
+    codes = [e["code"] for e in seen if e["event"] == "disconnect"]
+    assert len(codes) >= len(chatters) and set(codes) == {1012}
     fresh.send_text("on the new generation")
     assert fresh.recv() == ("text", "on the new generation")
