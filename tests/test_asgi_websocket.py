@@ -305,6 +305,40 @@ def test_frames_sent_with_the_handshake_are_not_lost(served):
     sock.close()
 
 
+def test_flow_control_both_ways_bounds_the_servers_memory(procs, tmp_path):
+    trigger = tmp_path / "trigger"
+    env = dict(os.environ, WS_APP_TRIGGER=str(trigger))
+    served = Served(procs, tmp_path, "ws_app.py:app", "--ws-ping-interval", "0",
+                    "--ws-max-size", str(2 << 20), "--log-level", "debug", env=env)
+    client = WSClient(served.port, "/flow")
+    rss_kb = json.loads(client.recv()[1])["rss_kb"]
+    block = os.urandom(1 << 20)
+    done = threading.Event()
+
+    def push():  # 48 MB to an application that does not receive yet
+        for _ in range(48):
+            client.send_bytes(block)
+        client.send_text("end")
+        done.set()
+
+    sender = threading.Thread(target=push, daemon=True)
+    sender.start()
+    served.wait(lambda: "reading paused" in served.log() or done.is_set(), 60,
+                what="the server to stop reading")
+    assert not done.is_set()  # the server stopped reading: the client cannot send it all
+    trigger.write_text("go")
+    sender.join(60)
+    assert done.is_set()
+    # Now the application sends 48 MB to a client that does not read yet.
+    served.wait(lambda: "send waits" in served.log(), 60, what="the application's send to wait")
+    for _ in range(48):
+        assert client.recv() == ("bytes", b"\x01" * (1 << 20))
+    report = json.loads(client.recv()[1])
+    assert (report["count"], report["bytes"]) == (48, 48 << 20)
+    # Neither direction buffered the 48 MB in the server.
+    assert report["hwm_kb"] - rss_kb < 24 * 1024, report
+
+
 # -- keepalive ----------------------------------------------------------------------------------
 
 

@@ -175,6 +175,8 @@ class WebSocketSession(asyncio.Protocol):
         for event in self.ws.feed(data):
             self._event(event)
         if self.inbox_bytes > _INBOX_HIGH and not self.reading_paused and not self.lost:
+            log.debug("WebSocket %s: the application is not receiving; reading paused",
+                      self.scope["client"])
             self.reading_paused = True
             self.transport.pause_reading()
 
@@ -270,6 +272,9 @@ class WebSocketSession(asyncio.Protocol):
             await self._send_connecting(kind, message)
         elif kind == "websocket.send":
             self._send_data(message)
+            if self.write_paused:
+                log.debug("WebSocket %s: the transport buffer is full; send waits",
+                          self.scope["client"])
             while self.write_paused and not self.lost:
                 await self._wait()
         elif kind == "websocket.close":
