@@ -475,3 +475,23 @@ def test_sighup_closes_websockets_with_1012_and_loses_no_message(procs, tmp_path
     assert len(codes) >= len(chatters) and set(codes) == {1012}
     fresh.send_text("on the new generation")
     assert fresh.recv() == ("text", "on the new generation")
+
+
+def test_a_final_stop_closes_with_1001_and_an_unanswered_close_is_bounded(procs, tmp_path):
+    log_events = tmp_path / "events"
+    env = dict(os.environ, WS_APP_EVENTS=str(log_events))
+    served = Served(procs, tmp_path, "ws_app.py:app", "--ws-ping-interval", "0",
+                    "--ws-drain-time", "0.5", "--graceful-timeout", "60", env=env)
+    polite, mute = WSClient(served.port), WSClient(served.port)
+    for client in (polite, mute):
+        client.send_text("hi")
+        assert client.recv() == ("text", "hi")
+    served.proc.send_signal(signal.SIGTERM)
+    assert polite.recv() == ("close", 1001, "")
+    polite.send_close(1001)
+    assert polite.closed_by_server()
+    assert mute.recv() == ("close", 1001, "")  # ... and never answers: dropped after a while
+    mute.closed_by_server()
+    assert served.proc.wait(60) == 0
+    codes = sorted(e["code"] for e in events(log_events) if e["event"] == "disconnect")
+    assert codes == [1001, 1001]
