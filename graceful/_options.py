@@ -28,7 +28,7 @@ class ServerOptions:
         self.ws_max_size = ws_max_size  # largest WebSocket message (inflated), else close 1009
         self.ws_per_message_deflate = ws_per_message_deflate  # accept permessage-deflate offers
         self.ws_ping_interval = ws_ping_interval  # seconds between keepalive pings (0: none)
-        self.ws_ping_timeout = ws_ping_timeout  # an unanswered ping closes the WebSocket
+        self.ws_ping_timeout = ws_ping_timeout  # an unanswered ping closes the WebSocket (0: no)
         self.ws_drain_time = ws_drain_time  # the drain's WebSocket closes spread over this
 
 

@@ -258,7 +258,7 @@ def add_websocket_arguments(parser: Any) -> None:
                         help="seconds between keepalive pings, 0 for none (20)")
     parser.add_argument("--ws-ping-timeout", type=_seconds, default=20.0,
                         help="seconds a ping may stay unanswered before the WebSocket is "
-                             "closed (20)")
+                             "closed, 0 for never (20)")
     parser.add_argument("--ws-drain-time", type=_seconds, default=3.0,
                         help="on an upgrade or stop, close WebSockets (1012 / 1001) spread over "
                              "this many seconds (3)")

@@ -495,3 +495,21 @@ def test_a_final_stop_closes_with_1001_and_an_unanswered_close_is_bounded(procs,
     assert served.proc.wait(60) == 0
     codes = sorted(e["code"] for e in events(log_events) if e["event"] == "disconnect")
     assert codes == [1001, 1001]
+
+
+@pytest.mark.parametrize("option, value", [("--ws-max-size", "0"),
+                                           ("--ws-per-message-deflate", "maybe"),
+                                           ("--ws-ping-interval", "-1"),
+                                           ("--ws-drain-time", "soon")])
+def test_bad_websocket_options_are_one_line_errors(option, value):
+    import subprocess
+    import sys
+
+    from _support import ROOT
+
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    result = subprocess.run([sys.executable, "-m", "graceful", "serve", "ws_app.py:app", option,
+                             value], capture_output=True, text=True, timeout=60, env=env,
+                            cwd=os.path.join(ROOT, "tests", "apps"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert option in result.stderr.splitlines()[-1]

@@ -168,7 +168,10 @@ class WebSocketSession(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.ws is None:
-            self.pending += data  # before the accept: kept for the core
+            self.pending += data  # before the accept: kept for the core (bounded)
+            if len(self.pending) > _INBOX_HIGH and not self.reading_paused:
+                self.reading_paused = True
+                self.transport.pause_reading()
             return
         if self.state == _CLOSED:
             return
@@ -218,7 +221,7 @@ class WebSocketSession(asyncio.Protocol):
         if self.close_code is not None:
             self._end(self.close_code, "")  # the answer to our close: the handshake is done
             return
-        self.transport.write(ws.close(close.code if close.code != 1005 else 1005))
+        self.transport.write(ws.close(close.code))  # the same code back (none for 1005)
         self._end(close.code, close.reason)
 
     def _end(self, code: int, reason: str) -> None:
@@ -331,6 +334,9 @@ class WebSocketSession(asyncio.Protocol):
         pending, self.pending = self.pending, b""
         if pending:
             self.data_received(pending)
+        if self.reading_paused and self.inbox_bytes <= _INBOX_HIGH // 2 and not self.lost:
+            self.reading_paused = False
+            self.transport.resume_reading()
 
     def _finish_denial(self) -> None:
         start = self.denial or {}
@@ -386,10 +392,12 @@ class WebSocketSession(asyncio.Protocol):
     def _ping(self) -> None:
         if self.state != _OPEN or self.ws is None:
             return
+        timeout = self.options.ws_ping_timeout
         if self.ping_due is None:  # else the last one is still unanswered: its check is set
             self.transport.write(self.ws.ping(b"graceful"))
-            self.ping_due = self.loop.time() + self.options.ws_ping_timeout
-            self._timer("pong", self.options.ws_ping_timeout, self._ping_check)
+            if timeout:  # 0: pings keep the path alive, but an unanswered one closes nothing
+                self.ping_due = self.loop.time() + timeout
+                self._timer("pong", timeout, self._ping_check)
         self._schedule_ping()
 
     def _ping_check(self) -> None:
