@@ -513,3 +513,33 @@ def test_bad_websocket_options_are_one_line_errors(option, value):
                             cwd=os.path.join(ROOT, "tests", "apps"))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert option in result.stderr.splitlines()[-1]
+
+
+def test_a_master_reload_closes_the_old_workers_websockets_with_1012(procs, tmp_path):
+    log_events = tmp_path / "events"
+    env = dict(os.environ, WS_APP_EVENTS=str(log_events))
+    served = Served(procs, tmp_path, "ws_app.py:app", "--workers", "1", "--ws-drain-time", "0.5",
+                    "--ws-ping-interval", "7", "--ws-max-size", "12345", env=env)
+    chatter = Chatter(served.port, "m")
+    served.wait(lambda: len(chatter.echoed) >= 20, what="traffic")
+    old = int(chatter.client.headers["x-pid"])
+    with open(f"/proc/{old}/cmdline", "rb") as f:  # the --ws-* options reach the workers
+        argv = f.read().decode().split("\0")
+    for option, value in (("--ws-drain-time", "0.5"), ("--ws-ping-interval", "7.0"),
+                          ("--ws-max-size", "12345")):
+        assert argv[argv.index(option) + 1] == value, argv
+    os.kill(served.proc.pid, signal.SIGHUP)
+    served.wait(lambda: "generation 2 is serving" in served.log(), what="generation 2")
+    chatter.threads[1].join(60)
+    assert chatter.error is None and chatter.close == ("close", 1012, "")
+    for _ in range(100):
+        fresh = WSClient(served.port)
+        if fresh.headers["x-pid"] != str(old):
+            break
+        assert fresh.recv() == ("close", 1012, "")
+        fresh.close()
+    assert fresh.headers["x-pid"] != str(old)
+    served.wait(lambda: _gone(old), what="the old worker to exit")
+    received = [e["data"] for e in events(log_events)
+                if e["pid"] == old and e["event"] == "received"]
+    assert received == chatter.sent
