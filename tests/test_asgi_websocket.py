@@ -543,3 +543,16 @@ def test_a_master_reload_closes_the_old_workers_websockets_with_1012(procs, tmp_
     received = [e["data"] for e in events(log_events)
                 if e["pid"] == old and e["event"] == "received"]
     assert received == chatter.sent
+
+
+def test_wsgi_answers_an_upgrade_request_with_a_plain_response(procs, tmp_path):
+    from _serve import Client
+
+    served = Served(procs, tmp_path, "wsgi_app.py:app")
+    client = Client(served.connect())
+    key = base64.b64encode(os.urandom(16)).decode()
+    r = client.request("GET", "/hello", headers=[("Upgrade", "websocket"), ("Connection", "Upgrade"),
+                                                 ("Sec-WebSocket-Key", key),
+                                                 ("Sec-WebSocket-Version", "13")])
+    assert r.status == 200 and r.body == b"hello\n" and "upgrade" not in r.headers
+    assert client.request("GET", "/hello").status == 200  # still plain HTTP/1.1
