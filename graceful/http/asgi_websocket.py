@@ -18,6 +18,10 @@ is answered 400/426. The application then gets ``websocket.connect`` and answers
 
 ``close_on_drain(server)`` closes the server's WebSockets once its drain begins, spread over
 ``ws_drain_time`` so that clients do not all reconnect in the same instant.
+
+WSGI has no WebSockets: the WSGI server hands an upgrade request to the application as an
+ordinary request and sends its answer as a plain HTTP response, on a connection that stays
+HTTP/1.1.
 """
 
 from __future__ import annotations
