@@ -24,6 +24,7 @@ from urllib.parse import unquote_to_bytes
 from . import http11
 from ._options import OUT_OF_RESOURCES, AcceptPause, ServerOptions, access_log_line, unsent_bytes
 from .asyncio_adapter import AsyncioDrain
+from .http import asgi_websocket
 from .http11 import NEED_DATA, Body, EndOfMessage, HTTPError, Request, RequestParser
 from .upgrader import Upgrader
 
@@ -80,9 +81,11 @@ class ASGIServer:
         for server in servers:
             server.start()
         sweeper = self.loop.create_task(self._sweep())
+        websockets = self.loop.create_task(asgi_websocket.close_on_drain(self))
 
         async def after_drain() -> None:
             sweeper.cancel()
+            websockets.cancel()
             await lifespan.shutdown()
 
         await self.drain.serve(*servers, after_drain=after_drain)  # type: ignore[arg-type]
@@ -484,7 +487,7 @@ class _Cycle:
         if ready_path is not None and request.path == ready_path:
             loop.call_soon(self._answer_readiness)
         elif _wants_websocket(request):
-            loop.call_soon(self._simple, 404, b"WebSocket is not supported by this server\n", True)
+            loop.call_soon(asgi_websocket.upgrade, self)
         else:
             loop.create_task(self._run())
 

@@ -168,6 +168,7 @@ SECONDS = Kind(_seconds, _show_seconds, "SECONDS")
 POSITIVE = Kind(_positive_int, metavar="N")
 COUNT = Kind(_count, metavar="N")
 FLAG = Kind(_flag, lambda value: "true" if value else "false")
+ON_OFF = Kind(_flag, lambda value: "on" if value else "off", "on|off")  # takes a value
 SIGNAL = Kind(_signal, _show_signal, "SIGNAL")
 UID = Kind(_uid, metavar="UID")
 
@@ -274,7 +275,8 @@ OPTIONS: Tuple[Option, ...] = (
     Option("keepalive-timeout", SECONDS, 5.0, "seconds an idle keep-alive connection stays open",
            commands=S),
     Option("body-timeout", SECONDS, 30.0,
-           "seconds to wait for the next piece of a request body", commands=S),
+           "seconds without progress while reading a request body or sending a response",
+           commands=S),
     Option("max-request-line", POSITIVE, 8190, "longest request line in bytes, else 414",
            commands=S),
     Option("max-header-bytes", POSITIVE, 65536, "most header bytes in a request, else 431",
@@ -283,6 +285,17 @@ OPTIONS: Tuple[Option, ...] = (
            commands=S),
     Option("max-body", _optional(POSITIVE), None,
            "largest request body in bytes, else 413 (no limit)", commands=S),
+    # WebSocket (ASGI)
+    Option("ws-max-size", POSITIVE, 16 << 20, "largest WebSocket message in bytes, after "
+           "inflating; a bigger one is closed with 1009", commands=S),
+    Option("ws-per-message-deflate", ON_OFF, True,
+           "accept the permessage-deflate compression clients offer", commands=S),
+    Option("ws-ping-interval", SECONDS, 20.0, "seconds between keepalive pings, 0 for none",
+           commands=S),
+    Option("ws-ping-timeout", SECONDS, 20.0, "seconds a ping may stay unanswered before the "
+           "WebSocket is closed, 0 for never", commands=S),
+    Option("ws-drain-time", SECONDS, 3.0, "on an upgrade or stop, close WebSockets (1012 / "
+           "1001) spread over this many seconds", commands=S),
     # handoff to an unrelated process
     Option("handoff-socket", _optional(TEXT), None,
            "serve a Unix socket (0600, or @abstract) from which an unrelated new process can "
