@@ -523,11 +523,11 @@ def test_a_master_reload_closes_the_old_workers_websockets_with_1012(procs, tmp_
     chatter = Chatter(served.port, "m")
     served.wait(lambda: len(chatter.echoed) >= 20, what="traffic")
     old = int(chatter.client.headers["x-pid"])
-    with open(f"/proc/{old}/cmdline", "rb") as f:  # the --ws-* options reach the workers
-        argv = f.read().decode().split("\0")
-    for option, value in (("--ws-drain-time", "0.5"), ("--ws-ping-interval", "7.0"),
-                          ("--ws-max-size", "12345")):
-        assert argv[argv.index(option) + 1] == value, argv
+    with open(f"/proc/{old}/environ", "rb") as f:  # the --ws-* options reach the workers
+        environ = dict(item.split("=", 1) for item in f.read().decode().split("\0") if item)
+    values = json.loads(environ["GRACEFUL_EFFECTIVE_CONFIG"])["values"]
+    assert (values["ws_drain_time"], values["ws_ping_interval"], values["ws_max_size"]) == \
+        (0.5, 7.0, 12345)
     os.kill(served.proc.pid, signal.SIGHUP)
     served.wait(lambda: "generation 2 is serving" in served.log(), what="generation 2")
     chatter.threads[1].join(60)
