@@ -120,7 +120,7 @@ async def forever(request: Request):
     return StreamingResponse(body(), media_type="application/octet-stream")
 
 
-@app.get("/file")
+@app.api_route("/file", methods=["GET", "HEAD"])  # FastAPI adds no HEAD by itself
 async def file():
     return FileResponse(DATA_FILE, media_type="application/octet-stream", filename="data.bin")
 
