@@ -18,12 +18,19 @@ from _harness import MODES, StrictRequest, curl, strict_exchange
 APP = "fastapi_app.py:app"
 
 
+@pytest.fixture
+def server(serve):
+    return serve(APP)
+
+
 @pytest.fixture(params=list(MODES))
-def server(request, serve):
+def server_in_each_mode(request, serve):
     return serve(APP, *MODES[request.param])
 
 
-def test_every_route_is_framed_strictly_on_one_keepalive_connection(server, data_file):
+def test_every_route_is_framed_strictly_on_one_keepalive_connection(server_in_each_mode,
+                                                                     data_file):
+    server = server_in_each_mode
     data = data_file.read_bytes()
     requests_ = [
         StrictRequest("GET", "/"),

@@ -154,6 +154,18 @@ async def big(size: int = 100000):
     return "z" * size
 
 
+@app.post("/reject")
+async def reject():
+    """Answers without reading the request body, as an auth check in front of an upload does."""
+    return PlainTextResponse("rejected\n", status_code=403)
+
+
+@app.get("/path/{rest:path}")
+async def echo_path(rest: str, request: Request):
+    return {"rest": rest, "path": request.url.path, "url": str(request.url),
+            "host": request.headers.get("host")}
+
+
 @app.get("/boom")
 async def boom():
     raise RuntimeError("the endpoint failed on purpose")

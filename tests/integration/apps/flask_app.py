@@ -103,6 +103,25 @@ def file():
     return send_file(DATA_FILE, mimetype="application/octet-stream", conditional=True)
 
 
+@app.get("/empty")
+def empty():
+    """An empty file through send_file (and so through wsgi.file_wrapper)."""
+    path = os.path.join(MARKERS or os.path.dirname(DATA_FILE), "empty.bin")
+    open(path, "wb").close()
+    return send_file(path, mimetype="application/octet-stream")
+
+
+@app.post("/reject")
+def reject():
+    """Answers without reading the request body, as an auth check in front of an upload does."""
+    return Response("rejected\n", status=403, mimetype="text/plain")
+
+
+@app.get("/path/<path:rest>")
+def echo_path(rest):
+    return jsonify(rest=rest, path=request.path, url=request.url, host=request.host)
+
+
 @app.get("/go")
 def go():
     return redirect(url_for("json_view", source="redirect"))
