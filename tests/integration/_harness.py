@@ -204,7 +204,10 @@ def _receive(conn: h11.Connection, sock) -> StrictResponse:
     while True:
         event = conn.next_event()
         if event is h11.NEED_DATA:
-            conn.receive_data(sock.recv(65536))
+            data = sock.recv(65536)
+            if not data and head is None:
+                raise AssertionError("the server closed the connection instead of responding")
+            conn.receive_data(data)  # EOF mid-body: h11 raises RemoteProtocolError
             continue
         if isinstance(event, h11.InformationalResponse):
             continue
