@@ -181,7 +181,9 @@ def strict_exchange(port: int, requests: Sequence[StrictRequest], *, pipelined: 
 
 
 def _encode(conn: h11.Connection, request: StrictRequest) -> bytes:
-    headers = [("Host", "127.0.0.1"), *request.headers]
+    headers = list(request.headers)
+    if not any(n.lower() == "host" for n, _ in headers):
+        headers.insert(0, ("Host", "127.0.0.1"))
     if request.body and not any(n.lower() in ("content-length", "transfer-encoding")
                                 for n, _ in headers):
         headers.append(("Content-Length", str(len(request.body))))

@@ -125,6 +125,13 @@ async def file():
     return FileResponse(DATA_FILE, media_type="application/octet-stream", filename="data.bin")
 
 
+@app.get("/empty")
+async def empty():
+    path = os.path.join(MARKERS or os.path.dirname(DATA_FILE), "empty.bin")
+    open(path, "wb").close()
+    return FileResponse(path, media_type="application/octet-stream")
+
+
 @app.post("/later")
 async def later(background: BackgroundTasks, word: str = "done"):
     background.add_task(_mark, "background", word)

@@ -111,6 +111,13 @@ def empty():
     return send_file(path, mimetype="application/octet-stream")
 
 
+@app.get("/big")
+def big():
+    """One large body in one piece: the server has to write it across many sends."""
+    size = int(request.args.get("size", "100000"))
+    return Response(b"z" * size, mimetype="text/plain")
+
+
 @app.post("/reject")
 def reject():
     """Answers without reading the request body, as an auth check in front of an upload does."""
