@@ -59,7 +59,8 @@ class GracefulServer:
         return self._served.wait(predicate, timeout, what)
 
     def reload(self) -> None:
-        """SIGHUP, and wait until the next generation serves and the old one is gone."""
+        """SIGHUP, and wait until the next generation serves (one process: and the old process
+        has exited; a master's old workers drain on in the background)."""
         if self.workers:
             self.generation += 1
             os.kill(self.pid, signal.SIGHUP)
@@ -79,10 +80,14 @@ class GracefulServer:
         """SIGQUIT to the serving process (or master) and wait until it is gone."""
         pid = self.pid
         os.kill(pid, signal.SIGQUIT)
-        self.wait(lambda: (reap_orphans(exclude=[self.proc.pid]),
-                           (self.proc.poll() is not None) if pid == self.proc.pid
-                           else process_state(pid) in (None, "Z"))[1], timeout,
-                  what=f"pid {pid} to exit")
+
+        def gone() -> bool:
+            reap_orphans(exclude=[self.proc.pid])  # a successor is an orphan we reap
+            if pid == self.proc.pid:
+                return self.proc.poll() is not None
+            return process_state(pid) in (None, "Z")
+
+        self.wait(gone, timeout, what=f"pid {pid} to exit")
 
 
 class ReferenceServer:

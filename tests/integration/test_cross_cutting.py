@@ -70,8 +70,18 @@ def graceful_target(request, serve):
     return serve(APPS[app], *MODES[mode])
 
 
-def _raw(port: int) -> Client:
-    return Client(socket.create_connection(("127.0.0.1", port), timeout=30))
+@pytest.fixture
+def raw():
+    """``raw(port)``: a raw-socket client (tests/_serve.py); every socket is closed at teardown."""
+    clients = []
+
+    def connect(port: int) -> Client:
+        clients.append(Client(socket.create_connection(("127.0.0.1", port), timeout=30)))
+        return clients[-1]
+
+    yield connect
+    for client in clients:
+        client.sock.close()
 
 
 # --- pipelining ----------------------------------------------------------------------------
@@ -100,8 +110,8 @@ def test_pipelined_requests_are_answered_in_order_and_framed_strictly(target):
 # --- HTTP/1.0 ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("target", targets(), indirect=True)
-def test_http10_response_is_not_chunked_and_ends_with_the_connection(target):
-    client = _raw(target.port)
+def test_http10_response_is_not_chunked_and_ends_with_the_connection(raw, target):
+    client = raw(target.port)
     client.send(b"GET /stream?count=4 HTTP/1.0\r\nHost: test\r\n\r\n")
     response = client.response()
     assert response.status == 200
@@ -112,8 +122,8 @@ def test_http10_response_is_not_chunked_and_ends_with_the_connection(target):
 
 
 @pytest.mark.parametrize("target", targets(), indirect=True)
-def test_http10_keepalive_is_either_honoured_or_refused_by_closing(target):
-    client = _raw(target.port)
+def test_http10_keepalive_is_either_honoured_or_refused_by_closing(raw, target):
+    client = raw(target.port)
     client.send(b"GET / HTTP/1.0\r\nHost: test\r\nConnection: keep-alive\r\n\r\n")
     first = client.response()
     assert first.status == 200 and first.body.startswith(b"hello")
@@ -127,10 +137,10 @@ def test_http10_keepalive_is_either_honoured_or_refused_by_closing(target):
 @pytest.mark.parametrize("target", targets(
     "an HTTP/1.0 request with 'Connection: keep-alive, close' is answered with "
     "'Connection: keep-alive' and the connection stays open"), indirect=True)
-def test_http10_keepalive_with_close_closes(target):
+def test_http10_keepalive_with_close_closes(raw, target):
     """``Connection: keep-alive, close``: close wins (RFC 9112 9.3), so the server must not
     promise keep-alive and must close after the response."""
-    client = _raw(target.port)
+    client = raw(target.port)
     client.send(b"GET / HTTP/1.0\r\nHost: test\r\nConnection: keep-alive, close\r\n\r\n")
     response = client.response()
     assert response.status == 200
@@ -162,8 +172,8 @@ def test_error_responses_of_the_app_carry_a_date(target):
 @pytest.mark.parametrize("target", targets(
     "the server's own 400 for a malformed request has no Date header (RFC 9110 6.6.1: an "
     "origin server with a clock must send one)", references=False), indirect=True)
-def test_error_responses_of_the_server_carry_a_date(target):
-    client = _raw(target.port)
+def test_error_responses_of_the_server_carry_a_date(raw, target):
+    client = raw(target.port)
     client.send(b"GET / HTTP/1.1\r\nHost: test\r\nContent-Length: x\r\n\r\n")
     response = client.response()
     assert response.status == 400
@@ -262,9 +272,13 @@ def test_a_large_body_written_at_once_reaches_a_slow_reader_past_the_body_timeou
 # --- clients that leave --------------------------------------------------------------------
 
 @pytest.mark.parametrize("target", targets(modes=tuple(MODES)), indirect=True)
-def test_client_that_leaves_mid_stream_ends_the_stream_and_the_server_serves_on(target, markers):
+def test_client_that_leaves_mid_stream_ends_the_stream_and_the_server_serves_on(raw, target,
+                                                                               markers):
+    """Three clients read 256 kB of an endless stream and leave: the app must see each of its
+    streams end (WSGI: the iterable is closed; ASGI: the generator is finalized), and the
+    server must go on serving."""
     for _ in range(3):
-        client = _raw(target.port)
+        client = raw(target.port)
         client.send(b"GET /forever HTTP/1.1\r\nHost: test\r\n\r\n")
         received = 0
         while received < 256 * 1024:
@@ -272,8 +286,10 @@ def test_client_that_leaves_mid_stream_ends_the_stream_and_the_server_serves_on(
             assert data, "the stream ended before the client left"
             received += len(data)
         client.sock.close()  # unread data in the buffer: the kernel resets the connection
-    wait_for(lambda: list(markers.glob("*-stream-closed")), 60,
-             what="the app to see its stream end after the client left")
+    def streams_closed() -> int:
+        return sum(len(path.read_text().splitlines()) for path in markers.glob("*-stream-closed"))
+
+    wait_for(lambda: streams_closed() >= 3, 60, what="the app to see its 3 streams end")
     responses = strict_exchange(target.port, [StrictRequest("GET", "/")] * 3)
     assert [r.status for r in responses] == [200, 200, 200]
 

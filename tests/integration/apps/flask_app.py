@@ -19,8 +19,8 @@ app = Flask(__name__)
 
 def _mark(name: str) -> None:
     if MARKERS:
-        with open(os.path.join(MARKERS, name), "w") as f:
-            f.write(str(os.getpid()))
+        with open(os.path.join(MARKERS, name), "a") as f:
+            f.write(f"{os.getpid()}\n")
 
 
 @app.after_request
