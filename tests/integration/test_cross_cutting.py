@@ -294,6 +294,29 @@ def test_client_that_leaves_mid_stream_ends_the_stream_and_the_server_serves_on(
     assert [r.status for r in responses] == [200, 200, 200]
 
 
+@pytest.mark.parametrize("server_kind", [
+    pytest.param("graceful", marks=pytest.mark.xfail(strict=True, reason=(
+        "graceful defect: of two receive() calls waiting at once in one ASGI request, only one "
+        "gets http.disconnect when the client leaves; the other waits for ever (so a Starlette "
+        "StreamingResponse under @app.middleware('http') can stream on into the void)"))),
+    "uvicorn",
+])
+def test_every_concurrent_receive_gets_the_disconnect(server_kind, serve, reference, raw,
+                                                      markers):
+    if server_kind == "graceful":
+        server = serve("asgi_receivers.py:app")
+    else:
+        server = reference("uvicorn", "asgi_receivers:app")
+    client = raw(server.port)
+    client.send(b"GET /two-receivers HTTP/1.1\r\nHost: test\r\n\r\n")
+    log = markers / "receivers"
+    wait_for(lambda: log.exists() and "waiting" in log.read_text(), 60,
+             what="both receive() calls to wait")
+    client.sock.close()
+    wait_for(lambda: "disconnects" in log.read_text(), 60, what="the receivers' result")
+    assert "disconnects 2" in log.read_text(), log.read_text()
+
+
 # --- reloads under load --------------------------------------------------------------------
 
 def test_five_sighups_under_load_fail_no_request(graceful_target):

@@ -34,15 +34,29 @@ async def lifespan(app: FastAPI):
     _mark("lifespan", "shutdown")
 
 
+class NameThePid:
+    """Adds X-Pid to every response. A pure ASGI middleware: ``@app.middleware("http")`` would
+    add a second concurrent receive() to every streaming response (see asgi_receivers.py)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_pid(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []),
+                                                  (b"x-pid", str(os.getpid()).encode())]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_pid)
+
+
 app = FastAPI(lifespan=lifespan)
 app.add_middleware(GZipMiddleware, minimum_size=1000)
-
-
-@app.middleware("http")
-async def name_the_pid(request: Request, call_next):
-    response = await call_next(request)
-    response.headers["X-Pid"] = str(os.getpid())
-    return response
+app.add_middleware(NameThePid)
 
 
 class Item(BaseModel):
