@@ -86,7 +86,19 @@ def raw():
 
 # --- pipelining ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("target", targets(), indirect=True)
+def _gunicorn_version() -> tuple:
+    from importlib.metadata import version
+
+    return tuple(int(part) for part in version("gunicorn").split(".")[:2] if part.isdigit())
+
+
+# Seen here: gunicorn 23.0.0 (the last for Python 3.9) closes a gthread connection that holds
+# pipelined requests without answering them; 27.0.1 answers them all.
+_OLD_GUNICORN = {"flask": "gunicorn before 27 drops pipelined requests: no referee"
+                 } if _gunicorn_version() < (27,) else {}
+
+
+@pytest.mark.parametrize("target", targets(reference_skips=_OLD_GUNICORN), indirect=True)
 def test_pipelined_requests_are_answered_in_order_and_framed_strictly(target):
     requests_ = []
     for i in range(8):
