@@ -146,9 +146,7 @@ def test_http10_keepalive_is_either_honoured_or_refused_by_closing(raw, target):
         assert client.closed_by_server()
 
 
-@pytest.mark.parametrize("target", targets(
-    "an HTTP/1.0 request with 'Connection: keep-alive, close' is answered with "
-    "'Connection: keep-alive' and the connection stays open"), indirect=True)
+@pytest.mark.parametrize("target", targets(), indirect=True)
 def test_http10_keepalive_with_close_closes(raw, target):
     """``Connection: keep-alive, close``: close wins (RFC 9112 9.3), so the server must not
     promise keep-alive and must close after the response."""
@@ -162,10 +160,7 @@ def test_http10_keepalive_with_close_closes(raw, target):
 
 # --- targets, paths and dates -------------------------------------------------------------
 
-@pytest.mark.parametrize("target", targets(
-    "an ASGI path with a percent-encoded byte that is not UTF-8 (%FF) reaches the app as a "
-    "surrogate escape instead of U+FFFD, so Starlette fails to encode it and answers 500",
-    defect_in=("fastapi",)), indirect=True)
+@pytest.mark.parametrize("target", targets(), indirect=True)
 def test_percent_encoded_path_is_decoded_as_utf8_with_replacement(target):
     response, = strict_exchange(target.port, [StrictRequest("GET", "/path/caf%C3%A9/%FF")])
     assert response.status == 200, response
@@ -181,9 +176,7 @@ def test_error_responses_of_the_app_carry_a_date(target):
 
 
 # gunicorn and uvicorn omit Date on their own 400 too; RFC 9110 6.6.1 is the referee here.
-@pytest.mark.parametrize("target", targets(
-    "the server's own 400 for a malformed request has no Date header (RFC 9110 6.6.1: an "
-    "origin server with a clock must send one)", references=False), indirect=True)
+@pytest.mark.parametrize("target", targets(references=False), indirect=True)
 def test_error_responses_of_the_server_carry_a_date(raw, target):
     client = raw(target.port)
     client.send(b"GET / HTTP/1.1\r\nHost: test\r\nContent-Length: x\r\n\r\n")
@@ -194,9 +187,7 @@ def test_error_responses_of_the_server_carry_a_date(raw, target):
 
 # Neither reference honours absolute-form (gunicorn uses Host, uvicorn answers 404), so RFC
 # 9112 3.2.2 is the referee: the target's authority wins over the Host header.
-@pytest.mark.parametrize("target", targets(
-    "an absolute-form request target (GET http://example.com:8080/path/x) does not set the "
-    "host the app sees: it gets the Host header's value", references=False), indirect=True)
+@pytest.mark.parametrize("target", targets(references=False), indirect=True)
 def test_absolute_form_target_names_the_host(target):
     response, = strict_exchange(target.port, [StrictRequest(
         "GET", "http://example.com:8080/path/x", [("Host", "other.test")])])
@@ -207,9 +198,6 @@ def test_absolute_form_target_names_the_host(target):
 # --- bodies --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("target", targets(
-    "a 403 sent before a 4 MB request body was read has no 'Connection: close', yet the "
-    "server closes the connection after reading part of the body, so the next request on "
-    "it is lost (WSGI and ASGI alike; uvicorn keeps the promise)",
     reference_skips={"flask": "gunicorn gthread breaks the same promise: no referee"}),
     indirect=True)
 def test_an_early_answer_to_an_unread_upload_keeps_its_keepalive_promise(target):
@@ -242,9 +230,7 @@ def _send_ignoring_close(sock: socket.socket, data: bytes) -> None:
         pass  # a server that said "Connection: close" may stop reading; the reader judges
 
 
-@pytest.mark.parametrize("target", targets(
-    "a WSGI app that returns wsgi.file_wrapper over an empty file (Flask send_file) gets no "
-    "response at all: the connection is closed", defect_in=("flask",)), indirect=True)
+@pytest.mark.parametrize("target", targets(), indirect=True)
 def test_an_empty_file_is_sent_with_an_empty_body(target):
     responses = strict_exchange(target.port, [StrictRequest("GET", "/empty"),
                                               StrictRequest("GET", "/path/after")])
@@ -253,10 +239,7 @@ def test_an_empty_file_is_sent_with_an_empty_body(target):
     assert responses[1].status == 200
 
 
-@pytest.mark.parametrize("target", targets(
-    "a WSGI response body returned as one 24 MB bytes object is cut off (about 8 MB arrive, "
-    "then EOF) when the client reads it for longer than --body-timeout, although it reads "
-    "all along", defect_in=("flask",)), indirect=True)
+@pytest.mark.parametrize("target", targets(), indirect=True)
 @pytest.mark.parametrize("target_args", [("--body-timeout", "1")])
 def test_a_large_body_written_at_once_reaches_a_slow_reader_past_the_body_timeout(target):
     """A 24 MB body in one piece, read at about 8 MB/s through a small receive buffer: the
@@ -307,10 +290,7 @@ def test_client_that_leaves_mid_stream_ends_the_stream_and_the_server_serves_on(
 
 
 @pytest.mark.parametrize("server_kind", [
-    pytest.param("graceful", marks=pytest.mark.xfail(strict=True, reason=(
-        "graceful defect: of two receive() calls waiting at once in one ASGI request, only one "
-        "gets http.disconnect when the client leaves; the other waits for ever (so a Starlette "
-        "StreamingResponse under @app.middleware('http') can stream on into the void)"))),
+    "graceful",
     "uvicorn",
 ])
 def test_every_concurrent_receive_gets_the_disconnect(server_kind, serve, reference, raw,
