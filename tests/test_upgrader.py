@@ -274,16 +274,32 @@ def test_upgrade_refusals_are_clear_and_change_nothing(procs, tmp_path):
     assert proc.returncode == 0
 
 
+GATED_APP = """
+import os, time
+def body(path):
+    deadline = time.monotonic() + 60
+    while path == "/slow" and not os.path.exists(GATE) and time.monotonic() < deadline:
+        time.sleep(0.01)  # sleep-ok: the app's bounded poll for the test's gate
+    return f"{os.getpid()}\\n".encode()
+"""
+
+
 def test_sigquit_drains_in_flight_requests_and_exits_zero(procs, tmp_path):
-    server = Server(procs, tmp_path)
+    # /slow answers only once the test opened the gate, which it does once the drain began:
+    # in flight across the SIGQUIT however late it is handled (200 ms alone can end before it
+    # on a loaded machine, and that response rightly carries no Connection: close).
+    gate = tmp_path / "gate"
+    server = Server(procs, tmp_path, app=GATED_APP.replace("GATE", repr(str(gate))))
     conns = []
     for _ in range(5):
         c = socket.create_connection(("127.0.0.1", server.port), timeout=30)
         c.sendall(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
         conns.append(c)
-    # Only signal once the requests are in the server's hands (it has read them).
+    # Only signal once the requests are in the server's hands (it has accepted them).
     wait_for(lambda: _established(server.first_pid) >= 5, what="5 accepted connections")
     os.kill(server.first_pid, signal.SIGQUIT)
+    wait_for(lambda: _draining(server), 30, what="the drain to begin")
+    gate.touch()
     for c in conns:
         data = b""
         while b"\r\n\r\n" not in data or not data.endswith(b"\n"):
