@@ -82,6 +82,7 @@ class _Worker:
         self.notify: Optional[socket.socket] = None  # our NOTIFY_SOCKET for it ("notify")
         self.notify_path: Optional[str] = None
         self.kill_at: Optional[float] = None  # SIGKILL deadline once stopping
+        self.late = False  # missed its ready timeout outside a reload: killed, then restarted
 
 
 class Master:
@@ -205,14 +206,26 @@ class Master:
         self._on_timers(time.monotonic())
 
     def _next_timeout(self) -> float:
+        """Seconds until the next deadline that ``_on_timers`` acts on. Only those: a deadline
+        that passed and that nothing clears would make every select return at once (a spin)."""
         now = time.monotonic()
-        deadlines = [w.kill_at for w in self._all() if w.kill_at is not None]
-        deadlines += list(self.respawn_at.values())
-        deadlines += [w.started + self.ready_timeout for w in self._all() if not w.ready]
-        if self.ready_mode == "delay":
-            deadlines += [w.started + self.ready_delay for w in self._all() if not w.ready]
-        left = min(deadlines, default=now + 1.0) - now
+        left = min(self._deadlines(), default=now + 1.0) - now
         return max(0.0, min(left, 1.0))
+
+    def _deadlines(self) -> List[float]:
+        deadlines = list(self.respawn_at.values())
+        for worker in self._all():
+            if worker.kill_at is not None:
+                deadlines.append(worker.kill_at)
+            if self._awaiting_ready(worker):
+                deadlines.append(worker.started + self.ready_timeout)
+                if self.ready_mode == "delay":
+                    deadlines.append(worker.started + self.ready_delay)
+        return deadlines
+
+    @staticmethod
+    def _awaiting_ready(worker: _Worker) -> bool:
+        return not worker.ready and not worker.stopping and not worker.late
 
     def _all(self) -> List[_Worker]:
         return self.current + self.next + self.retired
@@ -285,7 +298,9 @@ class Master:
         log.error("reload failed, generation %d keeps serving: %s",
                   self.current[0].generation if self.current else 0, why)
         for worker in self.next:
-            self._retire(worker, kill=True)
+            # Those already ready serve requests: they drain like any retired worker (stop
+            # signal, in-flight work finishes, SIGKILL only at the graceful timeout).
+            self._retire(worker)
         self.next = []
         systemd.notify("READY=1", f"STATUS=reload failed: {why}")
 
@@ -476,6 +491,9 @@ class Master:
             self._maybe_finish()
             return
         if worker in self.next:
+            # Gone already: it must not be retired again (a reaped worker in the retired list
+            # would keep the master from ever finishing, and its past deadlines would spin it).
+            self.next.remove(worker)
             self._reload_failed(f"worker {pid} {_describe(status)} before it was ready")
             return
         self.current.remove(worker)
@@ -541,7 +559,7 @@ class Master:
                             worker.pid)
                 self._signal(worker, signal.SIGKILL)
                 worker.kill_at = None
-            elif not worker.ready and not worker.stopping:
+            elif self._awaiting_ready(worker):
                 if self.ready_mode == "delay" and now - worker.started >= self.ready_delay:
                     self._mark_ready(worker)
                 elif now - worker.started >= self.ready_timeout:
@@ -553,7 +571,7 @@ class Master:
             self._reload_failed(why)
         else:
             log.error("%s: stopping it", why)
-            worker.ready = True  # not waited on again; the reaper restarts it
+            worker.late = True  # not waited on again; the reaper restarts it
             self._signal(worker, signal.SIGKILL)
 
     def _wait_for_orphans(self, group: int, already_stopping: bool) -> None:

@@ -1,0 +1,153 @@
+"""Fault tolerance of master mode with real processes: failed reloads, crashing, exiting and
+hung workers, low fd limits."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from _serve import APPS, Served
+from _support import ROOT, children_of, free_port, process_state, wait_for
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _workers(pid: int):
+    return sorted(c for c in children_of(pid) if process_state(c) not in (None, "Z"))
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def _read_response(sock: socket.socket) -> bytes:
+    data = b""
+    for _ in range(1000):  # bounded: the response is small and ends with the connection
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _second_generation_app(tmp_path, failing: str) -> str:
+    """An app whose second generation has one failing worker (the first to import it).
+
+    ``failing`` is the code the failing worker runs before it raises; the other worker of that
+    generation answers /hold by writing to the fifo ``inflight`` and then waiting for a byte on
+    the fifo ``release``: a request in flight on a worker of the generation being rolled back.
+    """
+    app = tmp_path / "app.py"
+    app.write_text(
+        "import os, sys\n"
+        f"sys.path.insert(0, {APPS!r})\n"
+        "from wsgi_app import app as inner\n"
+        f"HERE = {str(tmp_path)!r}\n"
+        "def path(name):\n"
+        "    return os.path.join(HERE, name)\n"
+        "SECOND = os.path.exists(path('second'))\n"
+        "if SECOND:\n"
+        "    try:\n"
+        "        os.close(os.open(path('token'), os.O_CREAT | os.O_EXCL | os.O_WRONLY))\n"
+        "    except FileExistsError:\n"
+        "        pass  # the sibling took the token: this one serves\n"
+        "    else:\n"
+        f"{_indent(failing, 8)}"
+        "        raise ImportError('a broken worker of the second generation')\n"
+        "def app(environ, start_response):\n"
+        "    if SECOND and environ['PATH_INFO'] == '/hold':\n"
+        "        with open(path('inflight'), 'wb') as f:\n"
+        "            f.write(b'x')\n"
+        "        with open(path('release'), 'rb') as f:\n"
+        "            f.read(1)\n"
+        "        body = b'held\\n'\n"
+        "        start_response('200 OK', [('Content-Length', str(len(body)))])\n"
+        "        return [body]\n"
+        "    if environ['PATH_INFO'] == '/hold':\n"
+        "        environ['PATH_INFO'] = '/hello'\n"
+        "    return inner(environ, start_response)\n")
+    for fifo in ("inflight", "release"):
+        os.mkfifo(tmp_path / fifo)
+    return str(app)
+
+
+def _release(fifo) -> None:
+    """Write a byte to ``fifo`` if someone reads it (never block on a reader that is gone)."""
+    try:
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:  # ENXIO: no reader
+        return
+    try:
+        os.write(fd, b"x")
+    finally:
+        os.close(fd)
+
+
+def _indent(code: str, spaces: int) -> str:
+    return "".join(" " * spaces + line + "\n" for line in code.splitlines())
+
+
+def test_a_failed_reload_drains_the_new_workers_that_already_serve(procs, tmp_path):
+    # The failing worker waits until its sibling serves a request, then dies before it is
+    # ready: the reload fails while that request is in flight. It must be answered.
+    app = _second_generation_app(
+        tmp_path, "with open(path('inflight'), 'rb') as f:\n    f.read(1)")
+    served = Served(procs, tmp_path, app + ":app", "--workers", "2", "--ready-timeout", "60")
+    master = served.proc.pid
+    served.wait(lambda: len(_workers(master)) == 2, what="two workers")
+    old = _workers(master)
+    (tmp_path / "second").touch()
+    os.kill(master, signal.SIGHUP)
+    # Ready lines so far: the master and two workers; then the serving new worker's.
+    served.wait(lambda: served.log().count("ready: pid ") == 4, what="a new worker to serve")
+    # Only the new worker may accept the held request: the old ones are stopped meanwhile.
+    for pid in old:
+        os.kill(pid, signal.SIGSTOP)
+    served.wait(lambda: all(process_state(pid) == "T" for pid in old), what="stopped workers")
+    held = socket.create_connection(("127.0.0.1", served.port), timeout=30)
+    try:
+        held.sendall(b"GET /hold HTTP/1.0\r\n\r\n")
+        served.wait(lambda: "reload failed" in served.log(), what="the reload to fail")
+    finally:
+        for pid in old:
+            os.kill(pid, signal.SIGCONT)
+    with held:
+        _release(tmp_path / "release")  # the held request may finish now
+        response = _read_response(held)
+    assert response.startswith(b"HTTP/1.1 200") and response.endswith(b"held\n"), response
+    served.wait(lambda: len(_workers(master)) == 2, what="the rolled-back worker to exit")
+    log = served.log()
+    assert "SIGKILL" not in log, log
+    served.proc.send_signal(signal.SIGQUIT)
+    assert served.proc.wait(60) == 0
+
+
+def test_no_spin_after_a_rolled_back_reload_and_sigquit_still_exits(procs, tmp_path):
+    # One new worker crashes at once (it is reaped), its sibling becomes ready; the reload is
+    # rolled back. Past the ready timeout the master must still sleep, and SIGQUIT must end it.
+    app = _second_generation_app(tmp_path, "pass")
+    served = Served(procs, tmp_path, app + ":app", "--workers", "2", "--ready-timeout", "2")
+    master = served.proc.pid
+    served.wait(lambda: len(_workers(master)) == 2, what="two workers")
+    old = _workers(master)
+    (tmp_path / "second").touch()
+    os.kill(master, signal.SIGHUP)
+    served.wait(lambda: "reload failed" in served.log(), what="the reload to fail")
+    served.wait(lambda: _workers(master) == old, what="the rolled-back worker to exit")
+    cpu_before, wall_before = _cpu_seconds(master), time.monotonic()
+    # A measuring window past the ready timeout of the rolled-back workers (2 s).
+    wait_for(lambda: time.monotonic() - wall_before >= 5.0, 30, interval=0.2)
+    cpu = _cpu_seconds(master) - cpu_before
+    wall = time.monotonic() - wall_before
+    # Idle, it uses next to nothing; a spinning master gets a core when it can (on this loaded
+    # machine, a third of one at least).
+    assert cpu < 0.2 * wall, f"the master used {cpu:.2f}s of CPU in {wall:.2f}s"
+    served.proc.send_signal(signal.SIGQUIT)
+    assert served.proc.wait(60) == 0, served.log()
