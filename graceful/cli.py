@@ -132,10 +132,10 @@ def _run(args: argparse.Namespace) -> int:
                         max_failures=None if args.keep_trying else args.max_failures,
                         respawn=not args.init, reuse_port=args.reuse_port,
                         **handoff_options(args))
+        return master.run()
     except GracefulError as exc:
         print(f"graceful run: {exc}", file=sys.stderr)
         return 2
-    return master.run()
 
 
 def _pidproxy(args: argparse.Namespace) -> int:

@@ -5,12 +5,13 @@ inherits) the listeners once, starts N workers that inherit them, and on SIGHUP 
 new generation, waits until every new worker is ready, and only then stops the old generation.
 A generation that crashes or never gets ready is killed and the old one keeps serving.
 
-A worker is any command. Its listeners arrive three ways at once:
+A worker is any command. ``posix_spawn`` places its listeners at fds 3, 4, ... and they are
+named to it these ways:
 
 - ``{fd:NAME}`` in its arguments is replaced by the fd number of listener NAME;
-- ``LISTEN_FDS``/``LISTEN_FDNAMES``/``LISTEN_PID`` as systemd sets them: ``posix_spawn``
-  places the fds at 3, 4, ... and a ``/bin/sh`` exec trampoline sets ``LISTEN_PID`` to the
-  worker's own pid, so no Python runs between fork and exec;
+- otherwise ``LISTEN_FDS``/``LISTEN_FDNAMES``/``LISTEN_PID`` as systemd sets them (a
+  ``/bin/sh`` exec trampoline sets ``LISTEN_PID`` to the worker's own pid, so no Python runs
+  between fork and exec). Not both: a server that reads both adopts the same fd twice;
 - ``GRACEFUL_FDS=name=fd,...`` for workers built on graceful.
 
 Readiness (``ready``): ``"fd"`` - the worker writes its pid to the graceful readiness pipe
@@ -30,6 +31,7 @@ import logging
 import os
 import queue
 import re
+import resource
 import selectors
 import signal
 import socket
@@ -47,7 +49,6 @@ __all__ = ["Master", "MasterError", "parse_ready"]
 log = logging.getLogger("graceful")
 
 _FD_PLACEHOLDER = re.compile(r"\{fd:([^{}]+)\}")
-_HIGH_FD = 200  # fds are staged from here, then dup2'd to 3, 4, ... in the worker
 _BACKOFF_START, _BACKOFF_MAX = 0.5, 30.0
 _STABLE_AFTER = 10.0  # a worker alive this long is not "crashing in a loop"
 
@@ -125,6 +126,7 @@ class Master:
             self.listeners = [(name, sock) for name, sock in
                               (self._listen(bind, listen_options) for bind in binds)]
             self._check_placeholders()
+            self._uses_placeholders = any(_FD_PLACEHOLDER.search(a) for a in self.command)
         except BaseException:
             self.upgrader.close()
             raise
@@ -355,27 +357,34 @@ class Master:
         for var in ("LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PID", ENV_FDS, "NOTIFY_SOCKET",
                     ENV_READY_FD, ENV_PARENT_PID):
             env.pop(var, None)
-        if names:
+        systemd_fds = bool(names) and not self._uses_placeholders
+        if systemd_fds:
+            # Not when the command names its fds itself: a server that reads both (gunicorn
+            # --bind fd://{fd:web}) would adopt fd 3 twice, and its second adoption fails.
             env["LISTEN_FDS"] = str(len(names))
             env["LISTEN_FDNAMES"] = ":".join(names)
+        if names:
             env[ENV_FDS] = encode_fds(fd_of)
-        # Sources are first moved out of the way (>= _HIGH_FD, close-on-exec), so no dup2
-        # overwrites a source that a later dup2 still needs.
-        sources = [_dup_at(sock.fileno(), _HIGH_FD + i) for i, (_, sock) in enumerate(self.listeners)]
-        ready_w = None
+        # Sources are first moved out of the way (above every target fd, close-on-exec), so
+        # no dup2 overwrites a source that a later dup2 still needs.
+        above = 3 + len(names) + (1 if self.ready_mode == "fd" else 0)
+        sources: List[int] = []
         try:
+            for _, sock in self.listeners:
+                sources.append(_dup_above(sock.fileno(), above))
             if self.ready_mode == "fd":
                 worker.ready_fd, ready_w = os.pipe()
-                sources.append(_dup_at(ready_w, _HIGH_FD + len(names)))
-                os.close(ready_w)
-                ready_w = None
+                try:
+                    sources.append(_dup_above(ready_w, above))
+                finally:
+                    os.close(ready_w)
                 env[ENV_READY_FD] = str(3 + len(names))
                 env[ENV_PARENT_PID] = str(os.getpid())
             elif self.ready_mode == "notify":
                 worker.notify, worker.notify_path = _notify_socket()
                 env["NOTIFY_SOCKET"] = worker.notify_path
             actions = [(os.POSIX_SPAWN_DUP2, fd, 3 + i) for i, fd in enumerate(sources)]
-            script = 'LISTEN_PID=$$ exec "$0" "$@"' if names else 'exec "$0" "$@"'
+            script = 'LISTEN_PID=$$ exec "$0" "$@"' if systemd_fds else 'exec "$0" "$@"'
             # --init: the command gets a process group of its own, and signals go to the whole
             # group, so a shell wrapper that does not exec cannot keep them from the server.
             group = {} if self.respawn else {"setpgroup": 0}
@@ -384,6 +393,9 @@ class Master:
                                      file_actions=actions, **group)
             except OSError as exc:
                 raise MasterError(f"cannot start {args[0]!r}: {exc.strerror}") from None
+        except OSError as exc:
+            self._close_channels(worker)
+            raise _fd_error(exc, above) from None
         except BaseException:
             self._close_channels(worker)
             raise
@@ -632,10 +644,19 @@ def _check_command(program: str) -> None:
         raise MasterError(f"cannot run {program!r}: not found on PATH")
 
 
-def _dup_at(fd: int, at_least: int) -> int:
+def _dup_above(fd: int, at_least: int) -> int:
+    """The lowest free fd >= ``at_least`` (within RLIMIT_NOFILE), close-on-exec."""
     import fcntl
 
     return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, at_least)
+
+
+def _fd_error(exc: OSError, needed: int) -> MasterError:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if exc.errno in (errno.EMFILE, errno.EINVAL, errno.ENFILE):
+        return MasterError(f"cannot pass fds 3..{needed - 1} to a worker: the open-file limit "
+                           f"(RLIMIT_NOFILE, ulimit -n) is {soft}; raise it")
+    return MasterError(f"cannot start a worker: {exc.strerror or exc}")
 
 
 def _notify_socket() -> Tuple[socket.socket, str]:

@@ -151,3 +151,35 @@ def test_no_spin_after_a_rolled_back_reload_and_sigquit_still_exits(procs, tmp_p
     assert cpu < 0.2 * wall, f"the master used {cpu:.2f}s of CPU in {wall:.2f}s"
     served.proc.send_signal(signal.SIGQUIT)
     assert served.proc.wait(60) == 0, served.log()
+
+
+def _under_fd_limit(limit: int, *args: str) -> list:
+    return ["sh", "-c", f'ulimit -n {limit} && exec "$0" "$@"', sys.executable, "-m", "graceful",
+            *args]
+
+
+def test_master_mode_runs_and_reloads_under_a_soft_fd_limit_of_64(procs, tmp_path):
+    port = free_port()
+    log_path = tmp_path / "master.log"
+    with open(log_path, "w") as log_file:
+        proc = procs.spawn(_under_fd_limit(64, "serve", os.path.join(APPS, "wsgi_app.py") + ":app",
+                                           "--bind", f"web=127.0.0.1:{port}", "--workers", "2"),
+                           env=dict(os.environ, PYTHONPATH=ROOT), stderr=log_file)
+    log = log_path.read_text
+    wait_for(lambda: f"ready: pid {proc.pid} " in log() or proc.poll() is not None,
+             what="the master to be ready", timeout=60)
+    assert proc.poll() is None, log()
+    os.kill(proc.pid, signal.SIGHUP)
+    wait_for(lambda: "generation 2 is serving" in log(), what="the reload", timeout=60)
+    proc.send_signal(signal.SIGQUIT)
+    assert proc.wait(30) == 0, log()
+
+
+def test_a_fd_limit_too_low_for_the_workers_is_a_one_line_error(tmp_path):
+    result = subprocess.run(
+        _under_fd_limit(12, "run", "--bind", "a=127.0.0.1:0", "--bind", "b=127.0.0.1:0",
+                        "--ready", "fd", "--", "sleep", "100"),
+        env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "the open-file limit (RLIMIT_NOFILE, ulimit -n) is 12" in result.stderr
+    assert "Traceback" not in result.stderr
