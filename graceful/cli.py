@@ -50,7 +50,8 @@ def _parser() -> argparse.ArgumentParser:
                     "LISTEN_PID are set as systemd would. SIGHUP starts a new generation and "
                     "stops the old one once the new one is ready. Examples: graceful run --bind "
                     "web=:8000 -- uvicorn --fd {fd:web} app:app; graceful run --bind web=:8000 "
-                    "-- gunicorn app:app (gunicorn reads LISTEN_FDS itself)")
+                    "-- gunicorn app:app (gunicorn reads LISTEN_FDS itself); a COMMAND with {fd:NAME} gets no "
+                    "LISTEN_FDS (gunicorn --bind fd://{fd:web} works too)")
     run.add_argument("--bind", "-b", action="append", default=[], metavar="[NAME=]ADDRESS")
     run.add_argument("--workers", type=int, default=1, metavar="N")
     run.add_argument("--ready", default="delay:1", metavar="fd|notify|delay:SECONDS",
