@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     demo.set_defaults(func=_demo)
 
-    from .serve import add_arguments, add_handoff_arguments
+    from .serve import add_arguments, add_handoff_arguments, add_respawn_arguments
 
     serve = commands.add_parser(
         "serve", help="serve a WSGI or ASGI application; SIGHUP upgrades it to the code on disk",
@@ -41,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=None, metavar="N",
                        help="run N worker processes behind a master with a stable pid "
                             "(SIGHUP then reloads the workers; default: one process, no master)")
+    add_respawn_arguments(serve)
     serve.set_defaults(func=_serve)
 
     run = commands.add_parser(
@@ -62,9 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--graceful-timeout", type=float, default=30.0)
     run.add_argument("--ready-timeout", type=float, default=30.0)
     run.add_argument("--shutdown-delay", type=float, default=0.0)
-    run.add_argument("--max-failures", type=int, default=5,
-                     help="consecutive crashes before a worker is not restarted (5)")
-    run.add_argument("--keep-trying", action="store_true", help="restart crashed workers forever")
+    add_respawn_arguments(run)
     run.add_argument("--init", action="store_true",
                      help="a minimal init for containers: run COMMAND once, forward signals, "
                           "reap zombies, exit with its status")

@@ -36,7 +36,7 @@ import selectors
 import signal
 import socket
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from . import _proc, systemd
 from .drain import LAME_DUCK
@@ -134,8 +134,12 @@ class Master:
         self.current: List[_Worker] = []  # the serving generation
         self.next: List[_Worker] = []  # a generation starting (reload), not yet ready
         self.retired: List[_Worker] = []  # older generations, stopping
-        self.failures = 0  # consecutive worker crashes (for the backoff)
+        self.failures: Dict[int, int] = {}  # slot -> consecutive crashes (for the backoff)
+        self.served: Set[int] = set()  # slots that had a ready worker: never given up
+        self.given_up: Set[int] = set()  # slots that never served and kept failing
         self.respawn_at: Dict[int, float] = {}  # slot -> when to start it again
+        self._status_path = f"{pidfile}.status" if pidfile is not None else None
+        self._last_status = ""
         self.exit_status: Optional[int] = None
         self._orphans: Optional[Tuple[int, float]] = None  # --init: (process group, kill at)
         self.command_status: Optional[int] = None  # --init: how the command exited
@@ -176,6 +180,7 @@ class Master:
                 self._step()
         finally:
             self._kill_everything()
+            self._remove_status()
             self.upgrader.close()
             self._selector.close()
             os.close(self._wake_r)
@@ -206,6 +211,8 @@ class Master:
             self._on_event(event, signum)
         self._reap()
         self._on_timers(time.monotonic())
+        if self._started() and not self.lifecycle.draining:
+            self._publish_status()
 
     def _next_timeout(self) -> float:
         """Seconds until the next deadline that ``_on_timers`` acts on. Only those: a deadline
@@ -312,7 +319,8 @@ class Master:
         for worker in old:
             self._retire(worker)
         self.respawn_at.clear()
-        self.failures = 0
+        self.failures.clear()
+        self.given_up.clear()
         log.info("generation %d is serving (workers %s)", self.current[0].generation,
                  " ".join(str(w.pid) for w in self.current))
         if not self._started():
@@ -433,6 +441,7 @@ class Master:
         if worker.ready or worker.stopping:
             return
         worker.ready = True
+        self.served.add(worker.slot)
         log.debug("worker %d (generation %d) is ready", worker.pid, worker.generation)
         if worker in self.next and all(w.ready for w in self.next):
             self._generation_ready()
@@ -513,28 +522,66 @@ class Master:
             self.lifecycle.drain("the command exited")  # --init: we are done once it is
             self._shutdown()
             return
-        self._worker_crashed(worker, status)
+        self._worker_exited(worker, status)
+
+    def _worker_exited(self, worker: _Worker, status: int) -> None:
+        """A serving worker exited by itself: a clean exit is replaced at once (servers that
+        recycle themselves, e.g. uvicorn --limit-max-requests); anything else is a crash."""
+        if worker.ready and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+            log.info("worker %d (slot %d) exited with status 0 by itself: replacing it",
+                     worker.pid, worker.slot)
+            self._respawn(worker.slot)
+        else:
+            self._worker_crashed(worker, status)
 
     def _worker_crashed(self, worker: _Worker, status: int) -> None:
-        lived = time.monotonic() - worker.started
-        if worker.ready and lived >= _STABLE_AFTER:
-            self.failures = 0
-        self.failures += 1
+        """Back off per slot, capped; give a slot up only if it never served (capacity is the
+        promise: a long-running service keeps every slot it once had)."""
+        slot = worker.slot
+        if worker.ready and time.monotonic() - worker.started >= _STABLE_AFTER:
+            self.failures[slot] = 0
+        failures = self.failures[slot] = self.failures.get(slot, 0) + 1
         if not self._started():
             log.error("worker %d %s before the first generation was ready", worker.pid,
                       _describe(status))
             self._give_up("the first generation did not start")
             return
-        if self.max_failures is not None and self.failures > self.max_failures:
-            log.error("worker %d %s; %d failures in a row: not restarting it (use "
-                      "--max-failures to change)", worker.pid, _describe(status), self.failures - 1)
-            if not self.current:
+        if (slot not in self.served and self.max_failures is not None
+                and failures > self.max_failures):
+            log.error("worker %d %s; slot %d never served and failed %d times in a row: not "
+                      "restarting it (use --max-failures or --keep-trying to change)",
+                      worker.pid, _describe(status), slot, failures)
+            self.given_up.add(slot)
+            if not self.current and not self.respawn_at:
                 self._give_up("every worker keeps failing")
             return
-        delay = min(_BACKOFF_MAX, _BACKOFF_START * 2 ** (self.failures - 1))
-        log.warning("worker %d %s; restarting slot %d in %.1fs", worker.pid, _describe(status),
-                    worker.slot, delay)
-        self.respawn_at[worker.slot] = time.monotonic() + delay
+        delay = min(_BACKOFF_MAX, _BACKOFF_START * 2 ** min(failures - 1, 16))
+        log.warning("worker %d %s; restarting slot %d in %.1fs (failure %d in a row)",
+                    worker.pid, _describe(status), slot, delay, failures)
+        self.respawn_at[slot] = time.monotonic() + delay
+
+    def status_text(self) -> str:
+        """One line for sd_notify STATUS and ``graceful status``: capacity and slots waiting."""
+        serving = sum(1 for w in self.current if w.ready and not w.stopping)
+        parts = [f"{serving} of {self.workers_wanted} workers serving"]
+        for slot in sorted(self.respawn_at):
+            parts.append(f"slot {slot} restarting after {self.failures.get(slot, 0)} failure(s)")
+        for slot in sorted(self.given_up):
+            parts.append(f"slot {slot} given up after {self.failures.get(slot, 0)} failures")
+        return "; ".join(parts)
+
+    def _publish_status(self) -> None:
+        text = self.status_text()
+        if text == self._last_status:
+            return
+        self._last_status = text
+        systemd.status(text)
+        if self._status_path is not None:
+            _write_status(self._status_path, text)
+
+    def _remove_status(self) -> None:
+        if self._status_path is not None and read_status(self._status_path)[0] == os.getpid():
+            _unlink_quietly(self._status_path)
 
     def _give_up(self, why: str) -> None:
         log.error("giving up: %s", why)
@@ -545,6 +592,7 @@ class Master:
         taken = {w.slot for w in self.current}
         for slot in range(self.workers_wanted):
             if slot not in taken and slot not in self.respawn_at and not self.lifecycle.draining:
+                self.given_up.discard(slot)  # asked for again (SIGTTIN): a fresh start
                 self._respawn(slot)
 
     def _respawn(self, slot: int) -> None:
@@ -665,6 +713,27 @@ def _notify_socket() -> Tuple[socket.socket, str]:
     sock.bind(b"\0" + name[1:].encode())
     sock.setblocking(False)
     return sock, name
+
+
+def _write_status(path: str, text: str) -> None:
+    """Our pid, then ``text``, to ``path`` by rename, so a reader never sees half of it."""
+    temp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(temp, "w") as f:
+            f.write(f"{os.getpid()}\n{text}\n")
+        os.replace(temp, path)
+    except OSError as exc:
+        log.debug("cannot write %s: %s", path, exc)
+
+
+def read_status(path: str) -> Tuple[Optional[int], str]:
+    """(pid of the master that wrote it, its status line), or (None, "")."""
+    try:
+        with open(path) as f:
+            pid, _, text = f.read().partition("\n")
+        return int(pid), text.strip()
+    except (OSError, ValueError):
+        return None, ""
 
 
 def _unlink_quietly(path: str) -> None:

@@ -197,6 +197,7 @@ def run_workers(args: Any) -> int:
                     stop_signal=signal.SIGQUIT, pidfile=args.pidfile,
                     ready_timeout=args.ready_timeout, graceful_timeout=args.graceful_timeout,
                     shutdown_delay=args.shutdown_delay,
+                    max_failures=None if args.keep_trying else args.max_failures,
                     reuse_port=args.reuse_port, lame_duck_signal=signal.SIGTERM,
                     **handoff_options(args))
     return master.run()
@@ -243,6 +244,16 @@ def add_arguments(parser: Any) -> None:
                         help="Common Log Format to FILE, or - for stderr; reopened on SIGUSR1")
     parser.add_argument("--log-level", default="info",
                         choices=("debug", "info", "warning", "error", "critical"))
+
+
+def add_respawn_arguments(parser: Any) -> None:
+    """How a master restarts crashed workers, shared by ``serve --workers`` and ``run``."""
+    parser.add_argument("--max-failures", type=_positive_int, default=5, metavar="N",
+                        help="crashes in a row before a worker slot that never served is given "
+                             "up (5); a slot that served is restarted forever, backing off up "
+                             "to 30 s")
+    parser.add_argument("--keep-trying", action="store_true",
+                        help="never give a slot up (the first generation must still start)")
 
 
 def add_handoff_arguments(parser: Any) -> None:

@@ -207,14 +207,13 @@ def test_init_mode_forwards_signals_reaps_and_returns_the_status(procs, tmp_path
     assert proc.wait(30) == 128 + signal.SIGTERM  # sleep died of the forwarded SIGTERM
 
 
-def test_a_worker_that_keeps_crashing_is_given_up_on(procs, tmp_path):
+def test_a_first_generation_that_cannot_start_exits_non_zero(procs, tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "graceful", "run", "--ready", "delay:0", "--max-failures", "2",
-         "--", "sh", "-c", "sleep 0.3; exit 3"],
+        [sys.executable, "-m", "graceful", "run", "--ready", "fd", "--keep-trying", "--", "sh",
+         "-c", "exit 3"],
         env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
-    assert result.stderr.count("restarting slot 0") == 2
-    assert "2 failures in a row: not restarting it" in result.stderr
+    assert "giving up: the first generation did not start" in result.stderr
 
 
 @pytest.mark.parametrize("args, message", [

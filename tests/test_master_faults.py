@@ -183,3 +183,97 @@ def test_a_fd_limit_too_low_for_the_workers_is_a_one_line_error(tmp_path):
     assert result.returncode == 2, result.stderr
     assert "the open-file limit (RLIMIT_NOFILE, ulimit -n) is 12" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _notify_listener(tmp_path):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    path = str(tmp_path / "notify.sock")
+    sock.bind(path)
+    sock.settimeout(0)
+    return sock, path
+
+
+def _notifications(sock) -> list:
+    found = []
+    for _ in range(10_000):  # bounded: what is queued now
+        try:
+            found.append(sock.recv(4096).decode())
+        except BlockingIOError:
+            break
+    return found
+
+
+def _run_master(procs, tmp_path, *args, env=None):
+    log_path = tmp_path / "master.log"
+    with open(log_path, "w") as log_file:
+        proc = procs.python("-m", "graceful", "run", *args, stderr=log_file, env=env)
+    return proc, log_path.read_text
+
+
+def _slot_pid(log, slot: int, first_generation: str) -> int:
+    """The pid the log last names for ``slot``."""
+    import re
+
+    pids = re.findall(rf"slot {slot}: started worker (\d+)", log())
+    return int(pids[-1]) if pids else int(first_generation.split()[slot])
+
+
+def test_a_slot_that_served_is_restarted_however_often_it_crashes(procs, tmp_path):
+    notify, notify_path = _notify_listener(tmp_path)
+    pidfile = tmp_path / "m.pid"
+    proc, log = _run_master(procs, tmp_path, "--workers", "2", "--ready", "delay:0",
+                            "--max-failures", "2", "--pidfile", str(pidfile), "--", "sleep", "1000",
+                            env=dict(os.environ, NOTIFY_SOCKET=notify_path))
+    import re
+
+    first = wait_for(lambda: re.search(r"generation 1: started 2 worker\(s\): (\d+ \d+)", log()),
+                     30, what="the first generation").group(1)
+    wait_for(lambda: f"ready: pid {proc.pid} " in log(), 30, what="the master to be ready")
+    for kill in range(1, 5):  # more than --max-failures kills of the same slot
+        victim = _slot_pid(log, 0, first)
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: _slot_pid(log, 0, first) != victim, 60,
+                 what=f"slot 0 to be restarted after kill {kill}")
+    assert "(failure 4 in a row)" in log()  # it backed off all along
+    assert "not restarting" not in log()
+    wait_for(lambda: len(_workers(proc.pid)) == 2, 30, what="two workers")
+    statuses = [n for n in _notifications(notify) if "STATUS=" in n]
+    assert any("slot 0 restarting after 4 failure(s)" in n for n in statuses), statuses
+    status = wait_for(lambda: (r := subprocess.run(
+        [sys.executable, "-m", "graceful", "status", "--pidfile", str(pidfile)],
+        capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONPATH=ROOT)))
+        and "workers: 2 of 2 workers serving" in r.stdout and r, 30, interval=0.2)
+    assert status.returncode == 0
+    proc.send_signal(signal.SIGQUIT)
+    assert proc.wait(30) == 0
+    notify.close()
+
+
+def test_a_worker_that_exits_0_by_itself_is_replaced_without_counting_a_crash(procs, tmp_path):
+    proc, log = _run_master(procs, tmp_path, "--ready", "delay:0.2", "--max-failures", "1", "--",
+                            "sh", "-c", "sleep 1; exit 0")
+    wait_for(lambda: log().count("exited with status 0 by itself: replacing it") >= 4, 60,
+             what="four clean exits replaced")
+    assert "restarting slot" not in log() and "giving up" not in log(), log()
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGQUIT)
+    assert proc.wait(30) == 0
+
+
+def test_a_slot_that_never_served_is_given_up_after_max_failures(procs, tmp_path):
+    # The first worker serves; every later one exits before it is ready: the slot added by
+    # SIGTTIN never serves and is given up, the master goes on with slot 0.
+    worker = tmp_path / "worker.sh"
+    worker.write_text(f'[ -e {tmp_path}/first ] && exit 3\ntouch {tmp_path}/first\nexec sleep 1000\n')
+    pidfile = tmp_path / "m.pid"
+    proc, log = _run_master(procs, tmp_path, "--ready", "delay:1", "--max-failures", "2",
+                            "--pidfile", str(pidfile), "--", "sh", str(worker))
+    wait_for(lambda: f"ready: pid {proc.pid} " in log(), 30, what="the master to be ready")
+    os.kill(proc.pid, signal.SIGTTIN)
+    wait_for(lambda: "slot 1 never served and failed 3 times in a row: not restarting it" in log(),
+             60, what="slot 1 to be given up")
+    assert proc.poll() is None and len(_workers(proc.pid)) == 1
+    wait_for(lambda: "slot 1 given up after 3 failures" in
+             (tmp_path / "m.pid.status").read_text(), 30)
+    proc.send_signal(signal.SIGQUIT)
+    assert proc.wait(30) == 0
