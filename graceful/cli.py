@@ -64,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--ready-timeout", type=float, default=30.0)
     run.add_argument("--shutdown-delay", type=float, default=0.0)
     add_respawn_arguments(run)
+    run.add_argument("--watchdog", type=float, default=None, metavar="SECONDS",
+                     help="replace a worker that sent no systemd WATCHDOG=1 for this long: "
+                          "workers get NOTIFY_SOCKET, WATCHDOG_USEC and WATCHDOG_PID (default: off)")
     run.add_argument("--init", action="store_true",
                      help="a minimal init for containers: run COMMAND once, forward signals, "
                           "reap zombies, exit with its status")
@@ -130,7 +133,7 @@ def _run(args: argparse.Namespace) -> int:
                         ready_timeout=args.ready_timeout, graceful_timeout=args.graceful_timeout,
                         shutdown_delay=args.shutdown_delay,
                         max_failures=None if args.keep_trying else args.max_failures,
-                        respawn=not args.init, reuse_port=args.reuse_port,
+                        timeout=args.timeout, watchdog=args.watchdog, respawn=not args.init, reuse_port=args.reuse_port,
                         **handoff_options(args))
         return master.run()
     except GracefulError as exc:

@@ -39,6 +39,7 @@ import time
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from . import _proc, systemd
+from .heartbeat import ENV_HEARTBEAT_FD, ENV_HEARTBEAT_INTERVAL
 from .drain import LAME_DUCK
 from .errors import GracefulError
 from .fdenv import ENV_FDS, encode_fds
@@ -50,6 +51,7 @@ log = logging.getLogger("graceful")
 
 _FD_PLACEHOLDER = re.compile(r"\{fd:([^{}]+)\}")
 _BACKOFF_START, _BACKOFF_MAX = 0.5, 30.0
+_MIN_HEARTBEAT_TIMEOUT = 1.0  # the serving loops beat every 0.25 s at best
 _STABLE_AFTER = 10.0  # a worker alive this long is not "crashing in a loop"
 
 
@@ -84,6 +86,8 @@ class _Worker:
         self.notify_path: Optional[str] = None
         self.kill_at: Optional[float] = None  # SIGKILL deadline once stopping
         self.late = False  # missed its ready timeout outside a reload: killed, then restarted
+        self.heartbeat_fd: Optional[int] = None  # read end of its heartbeat pipe (--timeout)
+        self.last_beat: Optional[float] = None  # set once ready, then by every heartbeat
 
 
 class Master:
@@ -101,9 +105,14 @@ class Master:
                  graceful_timeout: float = 30.0, shutdown_delay: float = 0.0,
                  max_failures: Optional[int] = 5, respawn: bool = True,
                  env: Optional[Dict[str, str]] = None, reuse_port: bool = False,
-                 lame_duck_signal: Optional[int] = None, **handoff: Any) -> None:
+                 lame_duck_signal: Optional[int] = None, timeout: Optional[float] = None,
+                 watchdog: Optional[float] = None, **handoff: Any) -> None:
         if workers < 1:
             raise MasterError(f"workers={workers}: need at least 1 worker")
+        for name, value in (("timeout", timeout), ("watchdog", watchdog)):
+            if value is not None and not value >= _MIN_HEARTBEAT_TIMEOUT:
+                raise MasterError(f"--{name} {value:g}: give at least {_MIN_HEARTBEAT_TIMEOUT:g} "
+                                  f"second(s) (workers beat several times within it)")
         if not command:
             raise MasterError("no command to run: put it after --")
         _check_command(command[0])
@@ -116,6 +125,14 @@ class Master:
         self.max_failures = max_failures
         self.respawn = respawn
         self.env = dict(os.environ if env is None else env)
+        # A worker silent this long is replaced; "fd": graceful's heartbeat pipe, "notify":
+        # systemd's WATCHDOG=1 on the NOTIFY_SOCKET we serve it.
+        self.heartbeat_mode = "notify" if watchdog is not None else "fd" if timeout else None
+        self.heartbeat_timeout = watchdog if watchdog is not None else timeout
+        if not respawn:
+            self.heartbeat_mode = self.heartbeat_timeout = None  # --init replaces nothing
+        self._watchdog_every = _systemd_watchdog_interval(self.env)
+        self._watchdog_next = time.monotonic() if self._watchdog_every else None
         _become_subreaper()
         self.upgrader = Upgrader(pidfile=pidfile, ready_timeout=ready_timeout,
                                  graceful_timeout=graceful_timeout, shutdown_delay=shutdown_delay,
@@ -202,7 +219,7 @@ class Master:
                 except BlockingIOError:
                     pass
             else:
-                self._on_worker_message(key.data)
+                self._on_worker_message(*key.data)
         while True:
             try:
                 event, signum = self._events.get_nowait()
@@ -223,7 +240,11 @@ class Master:
 
     def _deadlines(self) -> List[float]:
         deadlines = list(self.respawn_at.values())
+        if self._watchdog_next is not None:
+            deadlines.append(self._watchdog_next)
         for worker in self._all():
+            if self._watched(worker):
+                deadlines.append(worker.last_beat + self.heartbeat_timeout)  # type: ignore
             if worker.kill_at is not None:
                 deadlines.append(worker.kill_at)
             if self._awaiting_ready(worker):
@@ -231,6 +252,10 @@ class Master:
                 if self.ready_mode == "delay":
                     deadlines.append(worker.started + self.ready_delay)
         return deadlines
+
+    def _watched(self, worker: _Worker) -> bool:
+        return (self.heartbeat_timeout is not None and worker.last_beat is not None
+                and not worker.stopping and worker in self.current)
 
     @staticmethod
     def _awaiting_ready(worker: _Worker) -> bool:
@@ -363,7 +388,8 @@ class Master:
         fd_of = {name: 3 + i for i, name in enumerate(names)}
         args = [_FD_PLACEHOLDER.sub(lambda m: str(fd_of[m.group(1)]), a) for a in self.command]
         for var in ("LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PID", ENV_FDS, "NOTIFY_SOCKET",
-                    ENV_READY_FD, ENV_PARENT_PID):
+                    ENV_READY_FD, ENV_PARENT_PID, "WATCHDOG_USEC", "WATCHDOG_PID",
+                    ENV_HEARTBEAT_FD, ENV_HEARTBEAT_INTERVAL):
             env.pop(var, None)
         systemd_fds = bool(names) and not self._uses_placeholders
         if systemd_fds:
@@ -375,7 +401,7 @@ class Master:
             env[ENV_FDS] = encode_fds(fd_of)
         # Sources are first moved out of the way (above every target fd, close-on-exec), so
         # no dup2 overwrites a source that a later dup2 still needs.
-        above = 3 + len(names) + (1 if self.ready_mode == "fd" else 0)
+        above = 3 + len(names) + (self.ready_mode == "fd") + (self.heartbeat_mode == "fd")
         sources: List[int] = []
         try:
             for _, sock in self.listeners:
@@ -386,13 +412,27 @@ class Master:
                     sources.append(_dup_above(ready_w, above))
                 finally:
                     os.close(ready_w)
-                env[ENV_READY_FD] = str(3 + len(names))
+                env[ENV_READY_FD] = str(3 + len(sources) - 1)
                 env[ENV_PARENT_PID] = str(os.getpid())
-            elif self.ready_mode == "notify":
+            if self.heartbeat_mode == "fd":
+                worker.heartbeat_fd, beat_w = os.pipe()
+                os.set_blocking(worker.heartbeat_fd, False)
+                try:
+                    sources.append(_dup_above(beat_w, above))
+                finally:
+                    os.close(beat_w)
+                env[ENV_HEARTBEAT_FD] = str(3 + len(sources) - 1)
+                env[ENV_HEARTBEAT_INTERVAL] = f"{self.heartbeat_timeout / 4:g}"  # type: ignore
+            if self.ready_mode == "notify" or self.heartbeat_mode == "notify":
                 worker.notify, worker.notify_path = _notify_socket()
                 env["NOTIFY_SOCKET"] = worker.notify_path
+            script = 'exec "$0" "$@"'
+            if self.heartbeat_mode == "notify":
+                env["WATCHDOG_USEC"] = str(int(self.heartbeat_timeout * 1_000_000))  # type: ignore
+                script = "WATCHDOG_PID=$$ " + script  # the worker's own pid, as systemd sets it
+            if systemd_fds:
+                script = "LISTEN_PID=$$ " + script
             actions = [(os.POSIX_SPAWN_DUP2, fd, 3 + i) for i, fd in enumerate(sources)]
-            script = 'LISTEN_PID=$$ exec "$0" "$@"' if systemd_fds else 'exec "$0" "$@"'
             # --init: the command gets a process group of its own, and signals go to the whole
             # group, so a shell wrapper that does not exec cannot keep them from the server.
             group = {} if self.respawn else {"setpgroup": 0}
@@ -412,35 +452,50 @@ class Master:
                 os.close(fd)
         worker.pid = pid
         worker.started = time.monotonic()
-        if worker.ready_fd is not None:
-            self._selector.register(worker.ready_fd, selectors.EVENT_READ, worker)
-        if worker.notify is not None:
-            self._selector.register(worker.notify, selectors.EVENT_READ, worker)
+        for channel, kind in ((worker.ready_fd, "ready"), (worker.heartbeat_fd, "beat"),
+                              (worker.notify, "notify")):
+            if channel is not None:
+                self._selector.register(channel, selectors.EVENT_READ, (worker, kind))
         return worker
 
-    def _on_worker_message(self, worker: _Worker) -> None:
-        if worker.ready_fd is not None:
+    def _on_worker_message(self, worker: _Worker, kind: str) -> None:
+        if kind == "ready":
             try:
-                data = os.read(worker.ready_fd, 64)
+                data = os.read(worker.ready_fd, 64)  # type: ignore
             except OSError:
                 data = b""
-            self._close_channels(worker)
+            self._close_channel(worker, "ready_fd")
             if data.strip().isdigit():
                 self._mark_ready(worker)
             return  # EOF without a pid: it exits, and the reaper says why
-        if worker.notify is not None:
+        if kind == "beat":
             try:
-                data = worker.notify.recv(4096)
-            except OSError:
+                data = os.read(worker.heartbeat_fd, 4096)  # type: ignore
+            except BlockingIOError:
                 return
-            if b"READY=1" in data.split(b"\n"):
-                self._close_channels(worker)
-                self._mark_ready(worker)
+            except OSError:
+                data = b""
+            if not data:
+                self._close_channel(worker, "heartbeat_fd")  # it exits: the reaper says why
+            elif worker.last_beat is not None:
+                worker.last_beat = time.monotonic()
+            return
+        try:
+            lines = worker.notify.recv(4096).split(b"\n")  # type: ignore
+        except OSError:
+            return
+        if b"WATCHDOG=1" in lines and worker.last_beat is not None:
+            worker.last_beat = time.monotonic()
+        if b"READY=1" in lines:
+            if self.heartbeat_mode != "notify":
+                self._close_channel(worker, "notify")
+            self._mark_ready(worker)
 
     def _mark_ready(self, worker: _Worker) -> None:
         if worker.ready or worker.stopping:
             return
         worker.ready = True
+        worker.last_beat = time.monotonic()  # watched from now on (with --timeout)
         self.served.add(worker.slot)
         log.debug("worker %d (generation %d) is ready", worker.pid, worker.generation)
         if worker in self.next and all(w.ready for w in self.next):
@@ -454,22 +509,26 @@ class Master:
         return self.lifecycle.state != "starting"
 
     def _close_channels(self, worker: _Worker) -> None:
-        for channel in (worker.ready_fd, worker.notify):
-            if channel is None:
-                continue
-            try:
-                self._selector.unregister(channel)
-            except (KeyError, ValueError):
-                pass
-            if isinstance(channel, int):
-                os.close(channel)
-            else:
-                channel.close()
-        worker.ready_fd = None
-        worker.notify = None
-        if worker.notify_path and not worker.notify_path.startswith("@"):
-            _unlink_quietly(worker.notify_path)
-        worker.notify_path = None
+        for attribute in ("ready_fd", "heartbeat_fd", "notify"):
+            self._close_channel(worker, attribute)
+
+    def _close_channel(self, worker: _Worker, attribute: str) -> None:
+        channel = getattr(worker, attribute)
+        if channel is None:
+            return
+        try:
+            self._selector.unregister(channel)
+        except (KeyError, ValueError):
+            pass
+        if isinstance(channel, int):
+            os.close(channel)
+        else:
+            channel.close()
+        setattr(worker, attribute, None)
+        if attribute == "notify":
+            if worker.notify_path and not worker.notify_path.startswith("@"):
+                _unlink_quietly(worker.notify_path)
+            worker.notify_path = None
 
     def _retire(self, worker: _Worker, kill: bool = False) -> None:
         """Stop a worker: the stop signal, then SIGKILL at the deadline."""
@@ -608,6 +667,12 @@ class Master:
     def _on_timers(self, now: float) -> None:
         if self._orphans is not None:
             self._maybe_finish()
+        if self._watchdog_next is not None and now >= self._watchdog_next:
+            systemd.notify("WATCHDOG=1")  # systemd's own watchdog over the master
+            self._watchdog_next = now + self._watchdog_every
+        for worker in list(self.current):
+            if self._watched(worker) and now - worker.last_beat >= self.heartbeat_timeout:  # type: ignore
+                self._replace_hung(worker, now - worker.last_beat)  # type: ignore
         for slot, when in list(self.respawn_at.items()):
             if now >= when:
                 del self.respawn_at[slot]
@@ -624,6 +689,17 @@ class Master:
                     self._mark_ready(worker)
                 elif now - worker.started >= self.ready_timeout:
                     self._not_ready_in_time(worker)
+
+    def _replace_hung(self, worker: _Worker, silent: float) -> None:
+        """A worker whose loop stopped (deadlock, SIGSTOP): its clients wait forever. The
+        replacement starts first, then the hung one is killed (only SIGKILL ends a stopped
+        process)."""
+        log.error("worker %d (slot %d) sent no heartbeat for %.1fs (timeout %gs): starting a "
+                  "replacement, then killing it", worker.pid, worker.slot, silent,
+                  self.heartbeat_timeout)
+        self.current.remove(worker)
+        self._respawn(worker.slot)
+        self._retire(worker, kill=True)
 
     def _not_ready_in_time(self, worker: _Worker) -> None:
         why = f"worker {worker.pid} was not ready within {self.ready_timeout:g}s"
@@ -690,6 +766,14 @@ def _check_command(program: str) -> None:
             raise MasterError(f"cannot run {program!r}: no such executable file")
     elif shutil.which(program) is None:
         raise MasterError(f"cannot run {program!r}: not found on PATH")
+
+
+def _systemd_watchdog_interval(env: Dict[str, str]) -> Optional[float]:
+    """Half of systemd's WATCHDOG_USEC when it is meant for this process, else None."""
+    usec, pid = env.get("WATCHDOG_USEC", ""), env.get("WATCHDOG_PID", "")
+    if not usec.isdigit() or int(usec) == 0 or (pid and pid != str(os.getpid())):
+        return None
+    return int(usec) / 2_000_000
 
 
 def _dup_above(fd: int, at_least: int) -> int:

@@ -198,7 +198,7 @@ def run_workers(args: Any) -> int:
                     ready_timeout=args.ready_timeout, graceful_timeout=args.graceful_timeout,
                     shutdown_delay=args.shutdown_delay,
                     max_failures=None if args.keep_trying else args.max_failures,
-                    reuse_port=args.reuse_port, lame_duck_signal=signal.SIGTERM,
+                    timeout=args.timeout, reuse_port=args.reuse_port, lame_duck_signal=signal.SIGTERM,
                     **handoff_options(args))
     return master.run()
 
@@ -254,6 +254,10 @@ def add_respawn_arguments(parser: Any) -> None:
                              "to 30 s")
     parser.add_argument("--keep-trying", action="store_true",
                         help="never give a slot up (the first generation must still start)")
+    parser.add_argument("--timeout", type=_seconds, default=None, metavar="SECONDS",
+                        help="replace a worker whose serving loop sent no heartbeat for this "
+                             "long (hung, stopped); graceful's own servers beat by themselves "
+                             "(default: off)")
 
 
 def add_handoff_arguments(parser: Any) -> None:

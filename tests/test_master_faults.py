@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from _serve import APPS, Served
 from _support import ROOT, children_of, free_port, process_state, wait_for
 
@@ -277,3 +279,80 @@ def test_a_slot_that_never_served_is_given_up_after_max_failures(procs, tmp_path
              (tmp_path / "m.pid.status").read_text(), 30)
     proc.send_signal(signal.SIGQUIT)
     assert proc.wait(30) == 0
+
+
+@pytest.mark.parametrize("app", ["wsgi_app.py:app", "asgi_app.py:app"])
+def test_a_stopped_worker_is_replaced_then_killed(procs, tmp_path, app):
+    served = Served(procs, tmp_path, app, "--workers", "2", "--timeout", "3")
+    master = served.proc.pid
+    served.wait(lambda: len(_workers(master)) == 2, what="two workers")
+    hung, other = _workers(master)
+    os.kill(hung, signal.SIGSTOP)  # its loop stops: no heartbeat
+    killed = f"worker {hung} (generation 1) exited: was killed by SIGKILL"
+    served.wait(lambda: killed in served.log() and len(_workers(master)) == 2, 60,
+                what="the stopped worker to be replaced, then killed")
+    import re
+
+    slot, replacement = re.search(rf"worker {hung} \(slot (\d+)\) sent no heartbeat.*\n.*"
+                                  rf"slot \d+: started worker (\d+)", served.log()).groups()
+    # Once the replacement serves, the sibling's own deadline has long passed (beat or not).
+    served.wait(lambda: f"ready: pid {replacement} " in served.log(), 60,
+                what="the replacement to serve")
+    log = served.log()
+    assert log.count("sent no heartbeat") == 1, log  # a worker that beats is left alone
+    assert other in _workers(master)
+    assert served.connect().close() is None and b"hello" in _get(served.port, "/hello")
+    served.proc.send_signal(signal.SIGQUIT)
+    assert served.proc.wait(60) == 0
+
+
+def _get(port: int, path: str) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+        conn.sendall(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+        return _read_response(conn)
+
+
+WATCHDOG_WORKER = r'''
+import os, socket, sys, threading
+path = os.environ["NOTIFY_SOCKET"]
+address = "\0" + path[1:] if path.startswith("@") else path
+ok = os.environ.get("WATCHDOG_PID") == str(os.getpid()) and os.environ.get("WATCHDOG_USEC")
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+print("watchdog env ok" if ok else "watchdog env wrong", os.environ.get("WATCHDOG_USEC"),
+      file=sys.stderr, flush=True)  # (before READY=1: the test reads it once we are ready)
+sock.sendto(b"READY=1", address)
+stop = threading.Event()
+while not stop.wait(0.2):
+    sock.sendto(b"WATCHDOG=1", address)
+'''
+
+
+def test_run_watchdog_replaces_a_command_that_stops_sending_watchdog(procs, tmp_path):
+    worker = tmp_path / "worker.py"
+    worker.write_text(WATCHDOG_WORKER)
+    proc, log = _run_master(procs, tmp_path, "--ready", "notify", "--watchdog", "2", "--",
+                            sys.executable, str(worker))
+    wait_for(lambda: f"ready: pid {proc.pid} " in log(), 30, what="the master to be ready")
+    assert "watchdog env ok 2000000" in log(), log()
+    (first,) = _workers(proc.pid)
+    os.kill(first, signal.SIGSTOP)
+    killed = f"worker {first} (generation 1) exited: was killed by SIGKILL"
+    wait_for(lambda: killed in log() and len(_workers(proc.pid)) == 1, 60,
+             what="the silent worker to be replaced, then killed")
+    assert f"worker {first} (slot 0) sent no heartbeat" in log(), log()
+    proc.send_signal(signal.SIGQUIT)
+    assert proc.wait(30) == 0
+
+
+def test_the_master_sends_watchdog_when_systemd_asks(procs, tmp_path):
+    notify, notify_path = _notify_listener(tmp_path)
+    proc, log = _run_master(procs, tmp_path, "--ready", "delay:0", "--", "sleep", "1000",
+                            env=dict(os.environ, NOTIFY_SOCKET=notify_path,
+                                     WATCHDOG_USEC="400000"))
+    seen = []
+    wait_for(lambda: seen.extend(_notifications(notify)) or
+             sum("WATCHDOG=1" in n for n in seen) >= 3, 30, interval=0.1,
+             what="three WATCHDOG=1 from the master")
+    proc.send_signal(signal.SIGQUIT)
+    assert proc.wait(30) == 0
+    notify.close()
