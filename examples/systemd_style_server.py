@@ -5,8 +5,8 @@
 
 Given --fd N it serves on fd N; otherwise it checks LISTEN_PID/LISTEN_FDS and serves on fd 3
 (graceful sets those only for a command without {fd:NAME}). It says READY=1 over
-NOTIFY_SOCKET and answers every request with JSON describing what it inherited (and X-Pid). SIGTERM: stop accepting,
-finish what is in flight, exit 0.
+NOTIFY_SOCKET and answers every request with JSON describing what it inherited (and X-Pid).
+SIGTERM: stop accepting, finish what is in flight, exit 0.
 """
 
 import json
