@@ -3,7 +3,14 @@
 Supervisors, systemd and container runtimes track one PID. The master keeps it: it binds (or
 inherits) the listeners once, starts N workers that inherit them, and on SIGHUP starts a whole
 new generation, waits until every new worker is ready, and only then stops the old generation.
-A generation that crashes or never gets ready is killed and the old one keeps serving.
+A generation that crashes or never gets ready is rolled back: its workers are stopped like any
+retired worker (those that already serve drain), and the old one keeps serving.
+
+A crashed worker is restarted with a backoff per slot (capped); a slot that once served is never
+given up, so the service keeps its capacity (``max_failures`` only ends slots that never
+served; a first generation that cannot start ends the master). A worker that exits 0 by itself
+after serving is replaced at once. With ``timeout`` (graceful's heartbeat pipe) or ``watchdog``
+(systemd ``WATCHDOG=1``), a worker silent that long is replaced first, then killed.
 
 A worker is any command. ``posix_spawn`` places its listeners at fds 3, 4, ... and they are
 named to it these ways:
