@@ -231,17 +231,23 @@ def test_a_slot_that_served_is_restarted_however_often_it_crashes(procs, tmp_pat
     first = wait_for(lambda: re.search(r"generation 1: started 2 worker\(s\): (\d+ \d+)", log()),
                      30, what="the first generation").group(1)
     wait_for(lambda: f"ready: pid {proc.pid} " in log(), 30, what="the master to be ready")
+    seen: list = []
     for kill in range(1, 5):  # more than --max-failures kills of the same slot
         victim = _slot_pid(log, 0, first)
         os.kill(victim, signal.SIGKILL)
-        wait_for(lambda: _slot_pid(log, 0, first) != victim, 60,
-                 what=f"slot 0 to be restarted after kill {kill}")
+        try:  # (reading the notifications meanwhile: a full queue would block the sender)
+            wait_for(lambda: seen.extend(_notifications(notify)) or
+                     _slot_pid(log, 0, first) != victim, 60,
+                     what=f"slot 0 to be restarted after kill {kill}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; log:\n{log()[-3000:]}") from None
     assert "(failure 4 in a row)" in log()  # it backed off all along
     assert "not restarting" not in log()
-    wait_for(lambda: len(_workers(proc.pid)) == 2, 30, what="two workers")
-    statuses = [n for n in _notifications(notify) if "STATUS=" in n]
+    wait_for(lambda: seen.extend(_notifications(notify)) or len(_workers(proc.pid)) == 2, 30,
+             what="two workers")
+    statuses = [n for n in seen + _notifications(notify) if "STATUS=" in n]
     assert any("slot 0 restarting after 4 failure(s)" in n for n in statuses), statuses
-    status = wait_for(lambda: (r := subprocess.run(
+    status = wait_for(lambda: _notifications(notify) is None or (r := subprocess.run(  # (drain)
         [sys.executable, "-m", "graceful", "status", "--pidfile", str(pidfile)],
         capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONPATH=ROOT)))
         and "workers: 2 of 2 workers serving" in r.stdout and r, 30, interval=0.2)
