@@ -678,8 +678,10 @@ class Master:
             systemd.notify("WATCHDOG=1")  # systemd's own watchdog over the master
             self._watchdog_next = now + self._watchdog_every
         for worker in list(self.current):
-            if self._watched(worker) and now - worker.last_beat >= self.heartbeat_timeout:  # type: ignore
-                self._replace_hung(worker, now - worker.last_beat)  # type: ignore
+            if self._watched(worker):
+                silent = now - worker.last_beat  # type: ignore
+                if silent >= self.heartbeat_timeout:  # type: ignore
+                    self._replace_hung(worker, silent)
         for slot, when in list(self.respawn_at.items()):
             if now >= when:
                 del self.respawn_at[slot]

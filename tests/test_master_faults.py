@@ -272,7 +272,8 @@ def test_a_slot_that_never_served_is_given_up_after_max_failures(procs, tmp_path
     # The first worker serves; every later one exits before it is ready: the slot added by
     # SIGTTIN never serves and is given up, the master goes on with slot 0.
     worker = tmp_path / "worker.sh"
-    worker.write_text(f'[ -e {tmp_path}/first ] && exit 3\ntouch {tmp_path}/first\nexec sleep 1000\n')
+    worker.write_text(f'[ -e {tmp_path}/first ] && exit 3\ntouch {tmp_path}/first\n'
+                      'exec sleep 1000\n')
     pidfile = tmp_path / "m.pid"
     proc, log = _run_master(procs, tmp_path, "--ready", "delay:1", "--max-failures", "2",
                             "--pidfile", str(pidfile), "--", "sh", str(worker))
