@@ -10,7 +10,8 @@
 # imports the code now on disk) on the same socket, and sends the old gunicorn SIGTERM (its
 # graceful shutdown) once the new one has been up for 1 s (--ready delay:1).
 # gunicorn gets no --bind: it adopts the socket by itself from LISTEN_FDS/LISTEN_PID, as under
-# systemd socket activation (given --bind fd://3 as well, it would close fd 3 first).
+# systemd socket activation. `--bind fd://{fd:web}` works too: a command that names its fds
+# gets no LISTEN_FDS (gunicorn would adopt fd 3 twice).
 set -eu
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}

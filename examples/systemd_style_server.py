@@ -1,10 +1,12 @@
 """A plain stdlib HTTP server that takes its socket the systemd way, to run under `graceful run`.
 
     graceful run --bind web=:8000 --ready notify -- python examples/systemd_style_server.py --fd {fd:web}
+    graceful run --bind web=:8000 --ready notify -- python examples/systemd_style_server.py
 
-It checks LISTEN_PID/LISTEN_FDS, serves on fd N, says READY=1 over NOTIFY_SOCKET, and answers
-every request with JSON describing what it inherited (and X-Pid). SIGTERM: stop accepting,
-finish what is in flight, exit 0.
+Given --fd N it serves on fd N; otherwise it checks LISTEN_PID/LISTEN_FDS and serves on fd 3
+(graceful sets those only for a command without {fd:NAME}). It says READY=1 over
+NOTIFY_SOCKET and answers every request with JSON describing what it inherited (and X-Pid).
+SIGTERM: stop accepting, finish what is in flight, exit 0.
 """
 
 import json
@@ -16,7 +18,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 SEEN = {var: os.environ.get(var) for var in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")}
-FD = int(sys.argv[sys.argv.index("--fd") + 1])
+FD = int(sys.argv[sys.argv.index("--fd") + 1]) if "--fd" in sys.argv else 3
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -53,7 +55,8 @@ def notify(message: bytes) -> None:
 
 
 def main():
-    assert SEEN["LISTEN_PID"] == str(os.getpid()), SEEN
+    if "--fd" not in sys.argv:  # socket activation: the fds are meant for this very process
+        assert SEEN["LISTEN_PID"] == str(os.getpid()) and SEEN["LISTEN_FDS"] == "1", SEEN
     listener = socket.socket(fileno=FD)
     server = Server(listener.getsockname(), Handler, bind_and_activate=False)
     server.socket.close()

@@ -21,7 +21,7 @@ import time
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple
 from urllib.parse import unquote_to_bytes
 
-from . import http11
+from . import heartbeat, http11
 from ._options import OUT_OF_RESOURCES, AcceptPause, ServerOptions, access_log_line, unsent_bytes
 from .asyncio_adapter import AsyncioDrain
 from .http import asgi_websocket
@@ -94,6 +94,7 @@ class ASGIServer:
     async def _sweep(self) -> None:
         """Time out slow request heads and idle keep-alive connections (one timer for all)."""
         while True:
+            heartbeat.beat()  # from the event loop: a blocked loop goes silent (--timeout)
             await asyncio.sleep(_SWEEP)
             now = self.loop.time()
             for protocol in list(self.protocols):

@@ -48,7 +48,8 @@ def _parser() -> argparse.ArgumentParser:
                     "LISTEN_PID are set as systemd would. SIGHUP starts a new generation and "
                     "stops the old one once the new one is ready. Examples: graceful run --bind "
                     "web=:8000 -- uvicorn --fd {fd:web} app:app; graceful run --bind web=:8000 "
-                    "-- gunicorn app:app (gunicorn reads LISTEN_FDS itself)")
+                    "-- gunicorn app:app (gunicorn reads LISTEN_FDS itself); a COMMAND with "
+                    "{fd:NAME} gets no LISTEN_FDS (gunicorn --bind fd://{fd:web} works too)")
     add_arguments(run, "run")
     run.set_defaults(func=_run)
 
@@ -121,6 +122,7 @@ def _run(args: argparse.Namespace) -> int:
                     ready_timeout=config.ready_timeout, graceful_timeout=config.graceful_timeout,
                     shutdown_delay=config.shutdown_delay,
                     max_failures=None if config.keep_trying else config.max_failures,
+                    timeout=config.timeout, watchdog=config.watchdog,
                     respawn=not config.init, reuse_port=config.reuse_port,
                     next_generation=next_generation, **handoff_options(config))
     return master.run()

@@ -255,8 +255,16 @@ OPTIONS: Tuple[Option, ...] = (
            "delay:SECONDS", commands=R, metavar="fd|notify|delay:SECONDS"),
     Option("stop-signal", SIGNAL, int(signal.SIGTERM),
            "signal that stops a worker gracefully", commands=R),
-    Option("max-failures", COUNT, 5, "consecutive crashes before a worker is not restarted"),
-    Option("keep-trying", FLAG, False, "restart crashed workers forever"),
+    Option("max-failures", POSITIVE, 5, "crashes in a row before a worker slot that never "
+           "served is given up; a slot that served is restarted forever, backing off up to 30 s"),
+    Option("keep-trying", FLAG, False,
+           "never give a slot up (the first generation must still start)"),
+    Option("timeout", _optional(SECONDS), None, "replace a worker whose serving loop sent no "
+           "heartbeat for this long (hung, stopped); graceful's own servers beat by themselves "
+           "(default: off)"),
+    Option("watchdog", _optional(SECONDS), None, "replace a worker that sent no systemd "
+           "WATCHDOG=1 for this long: workers get NOTIFY_SOCKET, WATCHDOG_USEC and "
+           "WATCHDOG_PID (default: off)", commands=R),
     Option("init", FLAG, False, "a minimal init for containers: run COMMAND once, forward "
            "signals, reap zombies, exit with its status", commands=R),
     # lifecycle

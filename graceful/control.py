@@ -71,6 +71,11 @@ def print_status(pidfile: str) -> int:
         print(f"graceful: {exc}", file=sys.stderr)
         return 3  # like systemctl status / LSB: not running
     print(f"pid {pid}: {_state(pid)}")
+    from .master import read_status
+
+    writer, workers = read_status(f"{pidfile}.status")
+    if writer == pid:
+        print(f"  workers: {workers}")  # a master's capacity and slots restarting
     for child in _children(pid):
         print(f"  child {child}: {_cmdline(child)}")
     for listener in _listeners(pid):

@@ -3,14 +3,22 @@
 Supervisors, systemd and container runtimes track one PID. The master keeps it: it binds (or
 inherits) the listeners once, starts N workers that inherit them, and on SIGHUP starts a whole
 new generation, waits until every new worker is ready, and only then stops the old generation.
-A generation that crashes or never gets ready is killed and the old one keeps serving.
+A generation that crashes or never gets ready is rolled back: its workers are stopped like any
+retired worker (those that already serve drain), and the old one keeps serving.
 
-A worker is any command. Its listeners arrive three ways at once:
+A crashed worker is restarted with a backoff per slot (capped); a slot that once served is never
+given up, so the service keeps its capacity (``max_failures`` only ends slots that never
+served; a first generation that cannot start ends the master). A worker that exits 0 by itself
+after serving is replaced at once. With ``timeout`` (graceful's heartbeat pipe) or ``watchdog``
+(systemd ``WATCHDOG=1``), a worker silent that long is replaced first, then killed.
+
+A worker is any command. ``posix_spawn`` places its listeners at fds 3, 4, ... and they are
+named to it these ways:
 
 - ``{fd:NAME}`` in its arguments is replaced by the fd number of listener NAME;
-- ``LISTEN_FDS``/``LISTEN_FDNAMES``/``LISTEN_PID`` as systemd sets them: ``posix_spawn``
-  places the fds at 3, 4, ... and a ``/bin/sh`` exec trampoline sets ``LISTEN_PID`` to the
-  worker's own pid, so no Python runs between fork and exec;
+- otherwise ``LISTEN_FDS``/``LISTEN_FDNAMES``/``LISTEN_PID`` as systemd sets them (a
+  ``/bin/sh`` exec trampoline sets ``LISTEN_PID`` to the worker's own pid, so no Python runs
+  between fork and exec). Not both: a server that reads both adopts the same fd twice;
 - ``GRACEFUL_FDS=name=fd,...`` for workers built on graceful.
 
 Readiness (``ready``): ``"fd"`` - the worker writes its pid to the graceful readiness pipe
@@ -30,13 +38,15 @@ import logging
 import os
 import queue
 import re
+import resource
 import selectors
 import signal
 import socket
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from . import _proc, systemd
+from .heartbeat import ENV_HEARTBEAT_FD, ENV_HEARTBEAT_INTERVAL
 from .drain import LAME_DUCK
 from .errors import GracefulError
 from .fdenv import ENV_FDS, encode_fds
@@ -47,8 +57,8 @@ __all__ = ["Master", "MasterError", "parse_ready"]
 log = logging.getLogger("graceful")
 
 _FD_PLACEHOLDER = re.compile(r"\{fd:([^{}]+)\}")
-_HIGH_FD = 200  # fds are staged from here, then dup2'd to 3, 4, ... in the worker
 _BACKOFF_START, _BACKOFF_MAX = 0.5, 30.0
+_MIN_HEARTBEAT_TIMEOUT = 1.0  # the serving loops beat every 0.25 s at best
 _STABLE_AFTER = 10.0  # a worker alive this long is not "crashing in a loop"
 
 
@@ -82,6 +92,9 @@ class _Worker:
         self.notify: Optional[socket.socket] = None  # our NOTIFY_SOCKET for it ("notify")
         self.notify_path: Optional[str] = None
         self.kill_at: Optional[float] = None  # SIGKILL deadline once stopping
+        self.late = False  # missed its ready timeout outside a reload: killed, then restarted
+        self.heartbeat_fd: Optional[int] = None  # read end of its heartbeat pipe (--timeout)
+        self.last_beat: Optional[float] = None  # set once ready, then by every heartbeat
 
 
 class Master:
@@ -99,11 +112,16 @@ class Master:
                  graceful_timeout: float = 30.0, shutdown_delay: float = 0.0,
                  max_failures: Optional[int] = 5, respawn: bool = True,
                  env: Optional[Dict[str, str]] = None, reuse_port: bool = False,
-                 lame_duck_signal: Optional[int] = None,
+                 lame_duck_signal: Optional[int] = None, timeout: Optional[float] = None,
+                 watchdog: Optional[float] = None,
                  next_generation: Optional[Callable[[], Tuple[List[str], Dict[str, str]]]] = None,
                  **handoff: Any) -> None:
         if workers < 1:
             raise MasterError(f"workers={workers}: need at least 1 worker")
+        for name, value in (("timeout", timeout), ("watchdog", watchdog)):
+            if value is not None and not value >= _MIN_HEARTBEAT_TIMEOUT:
+                raise MasterError(f"--{name} {value:g}: give at least {_MIN_HEARTBEAT_TIMEOUT:g} "
+                                  f"second(s) (workers beat several times within it)")
         if not command:
             raise MasterError("no command to run: put it after --")
         _check_command(command[0])
@@ -118,6 +136,14 @@ class Master:
         self.env = dict(os.environ if env is None else env)
         self.next_generation = next_generation
         self.specs: Dict[int, Tuple[List[str], Dict[str, str]]] = {}  # generation -> command, env
+        # A worker silent this long is replaced; "fd": graceful's heartbeat pipe, "notify":
+        # systemd's WATCHDOG=1 on the NOTIFY_SOCKET we serve it.
+        self.heartbeat_mode = "notify" if watchdog is not None else "fd" if timeout else None
+        self.heartbeat_timeout = watchdog if watchdog is not None else timeout
+        if not respawn:
+            self.heartbeat_mode = self.heartbeat_timeout = None  # --init replaces nothing
+        self._watchdog_every = _systemd_watchdog_interval(self.env)
+        self._watchdog_next = time.monotonic() if self._watchdog_every else None
         _become_subreaper()
         self.upgrader = Upgrader(pidfile=pidfile, ready_timeout=ready_timeout,
                                  graceful_timeout=graceful_timeout, shutdown_delay=shutdown_delay,
@@ -127,7 +153,7 @@ class Master:
         try:
             self.listeners = [(name, sock) for name, sock in
                               (self._listen(bind, listen_options) for bind in binds)]
-            self._check_placeholders()
+            self._check_placeholders(self.command)
         except BaseException:
             self.upgrader.close()
             raise
@@ -135,8 +161,12 @@ class Master:
         self.current: List[_Worker] = []  # the serving generation
         self.next: List[_Worker] = []  # a generation starting (reload), not yet ready
         self.retired: List[_Worker] = []  # older generations, stopping
-        self.failures = 0  # consecutive worker crashes (for the backoff)
+        self.failures: Dict[int, int] = {}  # slot -> consecutive crashes (for the backoff)
+        self.served: Set[int] = set()  # slots that had a ready worker: never given up
+        self.given_up: Set[int] = set()  # slots that never served and kept failing
         self.respawn_at: Dict[int, float] = {}  # slot -> when to start it again
+        self._status_path = f"{pidfile}.status" if pidfile is not None else None
+        self._last_status = ""
         self.exit_status: Optional[int] = None
         self._orphans: Optional[Tuple[int, float]] = None  # --init: (process group, kill at)
         self.command_status: Optional[int] = None  # --init: how the command exited
@@ -158,9 +188,9 @@ class Master:
         name, _ = parse_bind(bind)
         return name, self.upgrader.listen(bind, **options)
 
-    def _check_placeholders(self) -> None:
+    def _check_placeholders(self, command: Sequence[str]) -> None:
         names = {name for name, _ in self.listeners}
-        for arg in self.command:
+        for arg in command:
             for name in _FD_PLACEHOLDER.findall(arg):
                 if name not in names:
                     known = ", ".join(sorted(names)) or "none (add --bind NAME=ADDRESS)"
@@ -177,6 +207,7 @@ class Master:
                 self._step()
         finally:
             self._kill_everything()
+            self._remove_status()
             self.upgrader.close()
             self._selector.close()
             os.close(self._wake_r)
@@ -198,7 +229,7 @@ class Master:
                 except BlockingIOError:
                     pass
             else:
-                self._on_worker_message(key.data)
+                self._on_worker_message(*key.data)
         while True:
             try:
                 event, signum = self._events.get_nowait()
@@ -207,16 +238,38 @@ class Master:
             self._on_event(event, signum)
         self._reap()
         self._on_timers(time.monotonic())
+        if self._started() and not self.lifecycle.draining:
+            self._publish_status()
 
     def _next_timeout(self) -> float:
+        """Seconds until the next deadline that ``_on_timers`` acts on. Only those: a deadline
+        that passed and that nothing clears would make every select return at once (a spin)."""
         now = time.monotonic()
-        deadlines = [w.kill_at for w in self._all() if w.kill_at is not None]
-        deadlines += list(self.respawn_at.values())
-        deadlines += [w.started + self.ready_timeout for w in self._all() if not w.ready]
-        if self.ready_mode == "delay":
-            deadlines += [w.started + self.ready_delay for w in self._all() if not w.ready]
-        left = min(deadlines, default=now + 1.0) - now
+        left = min(self._deadlines(), default=now + 1.0) - now
         return max(0.0, min(left, 1.0))
+
+    def _deadlines(self) -> List[float]:
+        deadlines = list(self.respawn_at.values())
+        if self._watchdog_next is not None:
+            deadlines.append(self._watchdog_next)
+        for worker in self._all():
+            if self._watched(worker):
+                deadlines.append(worker.last_beat + self.heartbeat_timeout)  # type: ignore
+            if worker.kill_at is not None:
+                deadlines.append(worker.kill_at)
+            if self._awaiting_ready(worker):
+                deadlines.append(worker.started + self.ready_timeout)
+                if self.ready_mode == "delay":
+                    deadlines.append(worker.started + self.ready_delay)
+        return deadlines
+
+    def _watched(self, worker: _Worker) -> bool:
+        return (self.heartbeat_timeout is not None and worker.last_beat is not None
+                and not worker.stopping and worker in self.current)
+
+    @staticmethod
+    def _awaiting_ready(worker: _Worker) -> bool:
+        return not worker.ready and not worker.stopping and not worker.late
 
     def _all(self) -> List[_Worker]:
         return self.current + self.next + self.retired
@@ -260,6 +313,7 @@ class Master:
             # The configuration is read again, so a changed file reaches the new workers; a
             # MasterError here fails the reload and the serving generation is untouched.
             command, extra = self.next_generation()
+            self._check_placeholders(command)
             env = dict(self.env, **extra)
         self.generation += 1
         self.specs[self.generation] = (list(command), env)
@@ -298,7 +352,9 @@ class Master:
         log.error("reload failed, generation %d keeps serving: %s",
                   self.current[0].generation if self.current else 0, why)
         for worker in self.next:
-            self._retire(worker, kill=True)
+            # Those already ready serve requests: they drain like any retired worker (stop
+            # signal, in-flight work finishes, SIGKILL only at the graceful timeout).
+            self._retire(worker)
         self.next = []
         systemd.notify("READY=1", f"STATUS=reload failed: {why}")
 
@@ -308,7 +364,8 @@ class Master:
         for worker in old:
             self._retire(worker)
         self.respawn_at.clear()
-        self.failures = 0
+        self.failures.clear()
+        self.given_up.clear()
         log.info("generation %d is serving (workers %s)", self.current[0].generation,
                  " ".join(str(w.pid) for w in self.current))
         if not self._started():
@@ -352,29 +409,51 @@ class Master:
         fd_of = {name: 3 + i for i, name in enumerate(names)}
         args = [_FD_PLACEHOLDER.sub(lambda m: str(fd_of[m.group(1)]), a) for a in command]
         for var in ("LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PID", ENV_FDS, "NOTIFY_SOCKET",
-                    ENV_READY_FD, ENV_PARENT_PID):
+                    ENV_READY_FD, ENV_PARENT_PID, "WATCHDOG_USEC", "WATCHDOG_PID",
+                    ENV_HEARTBEAT_FD, ENV_HEARTBEAT_INTERVAL):
             env.pop(var, None)
-        if names:
+        systemd_fds = bool(names) and not any(_FD_PLACEHOLDER.search(a) for a in command)
+        if systemd_fds:
+            # Not when the command names its fds itself: a server that reads both (gunicorn
+            # --bind fd://{fd:web}) would adopt fd 3 twice, and its second adoption fails.
             env["LISTEN_FDS"] = str(len(names))
             env["LISTEN_FDNAMES"] = ":".join(names)
+        if names:
             env[ENV_FDS] = encode_fds(fd_of)
-        # Sources are first moved out of the way (>= _HIGH_FD, close-on-exec), so no dup2
-        # overwrites a source that a later dup2 still needs.
-        sources = [_dup_at(sock.fileno(), _HIGH_FD + i) for i, (_, sock) in enumerate(self.listeners)]
-        ready_w = None
+        # Sources are first moved out of the way (above every target fd, close-on-exec), so
+        # no dup2 overwrites a source that a later dup2 still needs.
+        above = 3 + len(names) + (self.ready_mode == "fd") + (self.heartbeat_mode == "fd")
+        sources: List[int] = []
         try:
+            for _, sock in self.listeners:
+                sources.append(_dup_above(sock.fileno(), above))
             if self.ready_mode == "fd":
                 worker.ready_fd, ready_w = os.pipe()
-                sources.append(_dup_at(ready_w, _HIGH_FD + len(names)))
-                os.close(ready_w)
-                ready_w = None
-                env[ENV_READY_FD] = str(3 + len(names))
+                try:
+                    sources.append(_dup_above(ready_w, above))
+                finally:
+                    os.close(ready_w)
+                env[ENV_READY_FD] = str(3 + len(sources) - 1)
                 env[ENV_PARENT_PID] = str(os.getpid())
-            elif self.ready_mode == "notify":
+            if self.heartbeat_mode == "fd":
+                worker.heartbeat_fd, beat_w = os.pipe()
+                os.set_blocking(worker.heartbeat_fd, False)
+                try:
+                    sources.append(_dup_above(beat_w, above))
+                finally:
+                    os.close(beat_w)
+                env[ENV_HEARTBEAT_FD] = str(3 + len(sources) - 1)
+                env[ENV_HEARTBEAT_INTERVAL] = f"{self.heartbeat_timeout / 4:g}"  # type: ignore
+            if self.ready_mode == "notify" or self.heartbeat_mode == "notify":
                 worker.notify, worker.notify_path = _notify_socket()
                 env["NOTIFY_SOCKET"] = worker.notify_path
+            script = 'exec "$0" "$@"'
+            if self.heartbeat_mode == "notify":
+                env["WATCHDOG_USEC"] = str(int(self.heartbeat_timeout * 1_000_000))  # type: ignore
+                script = "WATCHDOG_PID=$$ " + script  # the worker's own pid, as systemd sets it
+            if systemd_fds:
+                script = "LISTEN_PID=$$ " + script
             actions = [(os.POSIX_SPAWN_DUP2, fd, 3 + i) for i, fd in enumerate(sources)]
-            script = 'LISTEN_PID=$$ exec "$0" "$@"' if names else 'exec "$0" "$@"'
             # --init: the command gets a process group of its own, and signals go to the whole
             # group, so a shell wrapper that does not exec cannot keep them from the server.
             group = {} if self.respawn else {"setpgroup": 0}
@@ -383,6 +462,9 @@ class Master:
                                      file_actions=actions, **group)
             except OSError as exc:
                 raise MasterError(f"cannot start {args[0]!r}: {exc.strerror}") from None
+        except OSError as exc:
+            self._close_channels(worker)
+            raise _fd_error(exc, above) from None
         except BaseException:
             self._close_channels(worker)
             raise
@@ -391,35 +473,51 @@ class Master:
                 os.close(fd)
         worker.pid = pid
         worker.started = time.monotonic()
-        if worker.ready_fd is not None:
-            self._selector.register(worker.ready_fd, selectors.EVENT_READ, worker)
-        if worker.notify is not None:
-            self._selector.register(worker.notify, selectors.EVENT_READ, worker)
+        for channel, kind in ((worker.ready_fd, "ready"), (worker.heartbeat_fd, "beat"),
+                              (worker.notify, "notify")):
+            if channel is not None:
+                self._selector.register(channel, selectors.EVENT_READ, (worker, kind))
         return worker
 
-    def _on_worker_message(self, worker: _Worker) -> None:
-        if worker.ready_fd is not None:
+    def _on_worker_message(self, worker: _Worker, kind: str) -> None:
+        if kind == "ready":
             try:
-                data = os.read(worker.ready_fd, 64)
+                data = os.read(worker.ready_fd, 64)  # type: ignore
             except OSError:
                 data = b""
-            self._close_channels(worker)
+            self._close_channel(worker, "ready_fd")
             if data.strip().isdigit():
                 self._mark_ready(worker)
             return  # EOF without a pid: it exits, and the reaper says why
-        if worker.notify is not None:
+        if kind == "beat":
             try:
-                data = worker.notify.recv(4096)
-            except OSError:
+                data = os.read(worker.heartbeat_fd, 4096)  # type: ignore
+            except BlockingIOError:
                 return
-            if b"READY=1" in data.split(b"\n"):
-                self._close_channels(worker)
-                self._mark_ready(worker)
+            except OSError:
+                data = b""
+            if not data:
+                self._close_channel(worker, "heartbeat_fd")  # it exits: the reaper says why
+            elif worker.last_beat is not None:
+                worker.last_beat = time.monotonic()
+            return
+        try:
+            lines = worker.notify.recv(4096).split(b"\n")  # type: ignore
+        except OSError:
+            return
+        if b"WATCHDOG=1" in lines and worker.last_beat is not None:
+            worker.last_beat = time.monotonic()
+        if b"READY=1" in lines:
+            if self.heartbeat_mode != "notify":
+                self._close_channel(worker, "notify")
+            self._mark_ready(worker)
 
     def _mark_ready(self, worker: _Worker) -> None:
         if worker.ready or worker.stopping:
             return
         worker.ready = True
+        worker.last_beat = time.monotonic()  # watched from now on (with --timeout)
+        self.served.add(worker.slot)
         log.debug("worker %d (generation %d) is ready", worker.pid, worker.generation)
         if worker in self.next and all(w.ready for w in self.next):
             self._generation_ready()
@@ -432,22 +530,26 @@ class Master:
         return self.lifecycle.state != "starting"
 
     def _close_channels(self, worker: _Worker) -> None:
-        for channel in (worker.ready_fd, worker.notify):
-            if channel is None:
-                continue
-            try:
-                self._selector.unregister(channel)
-            except (KeyError, ValueError):
-                pass
-            if isinstance(channel, int):
-                os.close(channel)
-            else:
-                channel.close()
-        worker.ready_fd = None
-        worker.notify = None
-        if worker.notify_path and not worker.notify_path.startswith("@"):
-            _unlink_quietly(worker.notify_path)
-        worker.notify_path = None
+        for attribute in ("ready_fd", "heartbeat_fd", "notify"):
+            self._close_channel(worker, attribute)
+
+    def _close_channel(self, worker: _Worker, attribute: str) -> None:
+        channel = getattr(worker, attribute)
+        if channel is None:
+            return
+        try:
+            self._selector.unregister(channel)
+        except (KeyError, ValueError):
+            pass
+        if isinstance(channel, int):
+            os.close(channel)
+        else:
+            channel.close()
+        setattr(worker, attribute, None)
+        if attribute == "notify":
+            if worker.notify_path and not worker.notify_path.startswith("@"):
+                _unlink_quietly(worker.notify_path)
+            worker.notify_path = None
 
     def _retire(self, worker: _Worker, kill: bool = False) -> None:
         """Stop a worker: the stop signal, then SIGKILL at the deadline."""
@@ -490,6 +592,9 @@ class Master:
             self._maybe_finish()
             return
         if worker in self.next:
+            # Gone already: it must not be retired again (a reaped worker in the retired list
+            # would keep the master from ever finishing, and its past deadlines would spin it).
+            self.next.remove(worker)
             self._reload_failed(f"worker {pid} {_describe(status)} before it was ready")
             return
         self.current.remove(worker)
@@ -497,28 +602,66 @@ class Master:
             self.lifecycle.drain("the command exited")  # --init: we are done once it is
             self._shutdown()
             return
-        self._worker_crashed(worker, status)
+        self._worker_exited(worker, status)
+
+    def _worker_exited(self, worker: _Worker, status: int) -> None:
+        """A serving worker exited by itself: a clean exit is replaced at once (servers that
+        recycle themselves, e.g. uvicorn --limit-max-requests); anything else is a crash."""
+        if worker.ready and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+            log.info("worker %d (slot %d) exited with status 0 by itself: replacing it",
+                     worker.pid, worker.slot)
+            self._respawn(worker.slot)
+        else:
+            self._worker_crashed(worker, status)
 
     def _worker_crashed(self, worker: _Worker, status: int) -> None:
-        lived = time.monotonic() - worker.started
-        if worker.ready and lived >= _STABLE_AFTER:
-            self.failures = 0
-        self.failures += 1
+        """Back off per slot, capped; give a slot up only if it never served (capacity is the
+        promise: a long-running service keeps every slot it once had)."""
+        slot = worker.slot
+        if worker.ready and time.monotonic() - worker.started >= _STABLE_AFTER:
+            self.failures[slot] = 0
+        failures = self.failures[slot] = self.failures.get(slot, 0) + 1
         if not self._started():
             log.error("worker %d %s before the first generation was ready", worker.pid,
                       _describe(status))
             self._give_up("the first generation did not start")
             return
-        if self.max_failures is not None and self.failures > self.max_failures:
-            log.error("worker %d %s; %d failures in a row: not restarting it (use "
-                      "--max-failures to change)", worker.pid, _describe(status), self.failures - 1)
-            if not self.current:
+        if (slot not in self.served and self.max_failures is not None
+                and failures > self.max_failures):
+            log.error("worker %d %s; slot %d never served and failed %d times in a row: not "
+                      "restarting it (use --max-failures or --keep-trying to change)",
+                      worker.pid, _describe(status), slot, failures)
+            self.given_up.add(slot)
+            if not self.current and not self.respawn_at:
                 self._give_up("every worker keeps failing")
             return
-        delay = min(_BACKOFF_MAX, _BACKOFF_START * 2 ** (self.failures - 1))
-        log.warning("worker %d %s; restarting slot %d in %.1fs", worker.pid, _describe(status),
-                    worker.slot, delay)
-        self.respawn_at[worker.slot] = time.monotonic() + delay
+        delay = min(_BACKOFF_MAX, _BACKOFF_START * 2 ** min(failures - 1, 16))
+        log.warning("worker %d %s; restarting slot %d in %.1fs (failure %d in a row)",
+                    worker.pid, _describe(status), slot, delay, failures)
+        self.respawn_at[slot] = time.monotonic() + delay
+
+    def status_text(self) -> str:
+        """One line for sd_notify STATUS and ``graceful status``: capacity and slots waiting."""
+        serving = sum(1 for w in self.current if w.ready and not w.stopping)
+        parts = [f"{serving} of {self.workers_wanted} workers serving"]
+        for slot in sorted(self.respawn_at):
+            parts.append(f"slot {slot} restarting after {self.failures.get(slot, 0)} failure(s)")
+        for slot in sorted(self.given_up):
+            parts.append(f"slot {slot} given up after {self.failures.get(slot, 0)} failures")
+        return "; ".join(parts)
+
+    def _publish_status(self) -> None:
+        text = self.status_text()
+        if text == self._last_status:
+            return
+        self._last_status = text
+        systemd.status(text)
+        if self._status_path is not None:
+            _write_status(self._status_path, text)
+
+    def _remove_status(self) -> None:
+        if self._status_path is not None and read_status(self._status_path)[0] == os.getpid():
+            _unlink_quietly(self._status_path)
 
     def _give_up(self, why: str) -> None:
         log.error("giving up: %s", why)
@@ -529,6 +672,7 @@ class Master:
         taken = {w.slot for w in self.current}
         for slot in range(self.workers_wanted):
             if slot not in taken and slot not in self.respawn_at and not self.lifecycle.draining:
+                self.given_up.discard(slot)  # asked for again (SIGTTIN): a fresh start
                 self._respawn(slot)
 
     def _respawn(self, slot: int) -> None:
@@ -544,6 +688,14 @@ class Master:
     def _on_timers(self, now: float) -> None:
         if self._orphans is not None:
             self._maybe_finish()
+        if self._watchdog_next is not None and now >= self._watchdog_next:
+            systemd.notify("WATCHDOG=1")  # systemd's own watchdog over the master
+            self._watchdog_next = now + self._watchdog_every
+        for worker in list(self.current):
+            if self._watched(worker):
+                silent = now - worker.last_beat  # type: ignore
+                if silent >= self.heartbeat_timeout:  # type: ignore
+                    self._replace_hung(worker, silent)
         for slot, when in list(self.respawn_at.items()):
             if now >= when:
                 del self.respawn_at[slot]
@@ -555,11 +707,22 @@ class Master:
                             worker.pid)
                 self._signal(worker, signal.SIGKILL)
                 worker.kill_at = None
-            elif not worker.ready and not worker.stopping:
+            elif self._awaiting_ready(worker):
                 if self.ready_mode == "delay" and now - worker.started >= self.ready_delay:
                     self._mark_ready(worker)
                 elif now - worker.started >= self.ready_timeout:
                     self._not_ready_in_time(worker)
+
+    def _replace_hung(self, worker: _Worker, silent: float) -> None:
+        """A worker whose loop stopped (deadlock, SIGSTOP): its clients wait forever. The
+        replacement starts first, then the hung one is killed (only SIGKILL ends a stopped
+        process)."""
+        log.error("worker %d (slot %d) sent no heartbeat for %.1fs (timeout %gs): starting a "
+                  "replacement, then killing it", worker.pid, worker.slot, silent,
+                  self.heartbeat_timeout)
+        self.current.remove(worker)
+        self._respawn(worker.slot)
+        self._retire(worker, kill=True)
 
     def _not_ready_in_time(self, worker: _Worker) -> None:
         why = f"worker {worker.pid} was not ready within {self.ready_timeout:g}s"
@@ -567,7 +730,7 @@ class Master:
             self._reload_failed(why)
         else:
             log.error("%s: stopping it", why)
-            worker.ready = True  # not waited on again; the reaper restarts it
+            worker.late = True  # not waited on again; the reaper restarts it
             self._signal(worker, signal.SIGKILL)
 
     def _wait_for_orphans(self, group: int, already_stopping: bool) -> None:
@@ -628,10 +791,27 @@ def _check_command(program: str) -> None:
         raise MasterError(f"cannot run {program!r}: not found on PATH")
 
 
-def _dup_at(fd: int, at_least: int) -> int:
+def _systemd_watchdog_interval(env: Dict[str, str]) -> Optional[float]:
+    """Half of systemd's WATCHDOG_USEC when it is meant for this process, else None."""
+    usec, pid = env.get("WATCHDOG_USEC", ""), env.get("WATCHDOG_PID", "")
+    if not usec.isdigit() or int(usec) == 0 or (pid and pid != str(os.getpid())):
+        return None
+    return int(usec) / 2_000_000
+
+
+def _dup_above(fd: int, at_least: int) -> int:
+    """The lowest free fd >= ``at_least`` (within RLIMIT_NOFILE), close-on-exec."""
     import fcntl
 
     return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, at_least)
+
+
+def _fd_error(exc: OSError, needed: int) -> MasterError:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if exc.errno in (errno.EMFILE, errno.EINVAL, errno.ENFILE):
+        return MasterError(f"cannot pass fds 3..{needed - 1} to a worker: the open-file limit "
+                           f"(RLIMIT_NOFILE, ulimit -n) is {soft}; raise it")
+    return MasterError(f"cannot start a worker: {exc.strerror or exc}")
 
 
 def _notify_socket() -> Tuple[socket.socket, str]:
@@ -640,6 +820,27 @@ def _notify_socket() -> Tuple[socket.socket, str]:
     sock.bind(b"\0" + name[1:].encode())
     sock.setblocking(False)
     return sock, name
+
+
+def _write_status(path: str, text: str) -> None:
+    """Our pid, then ``text``, to ``path`` by rename, so a reader never sees half of it."""
+    temp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(temp, "w") as f:
+            f.write(f"{os.getpid()}\n{text}\n")
+        os.replace(temp, path)
+    except OSError as exc:
+        log.debug("cannot write %s: %s", path, exc)
+
+
+def read_status(path: str) -> Tuple[Optional[int], str]:
+    """(pid of the master that wrote it, its status line), or (None, "")."""
+    try:
+        with open(path) as f:
+            pid, _, text = f.read().partition("\n")
+        return int(pid), text.strip()
+    except (OSError, ValueError):
+        return None, ""
 
 
 def _unlink_quietly(path: str) -> None:

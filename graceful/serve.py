@@ -201,7 +201,7 @@ def run_workers(config: "Config", reread: Optional[Callable[[], "Config"]] = Non
                     ready_timeout=config.ready_timeout, graceful_timeout=config.graceful_timeout,
                     shutdown_delay=config.shutdown_delay,
                     max_failures=None if config.keep_trying else config.max_failures,
-                    env=dict(os.environ, **worker_env(config)),
+                    timeout=config.timeout, env=dict(os.environ, **worker_env(config)),
                     reuse_port=config.reuse_port, lame_duck_signal=signal.SIGTERM,
                     next_generation=next_generation, **handoff_options(config))
     return master.run()
@@ -210,7 +210,7 @@ def run_workers(config: "Config", reread: Optional[Callable[[], "Config"]] = Non
 # Options the master itself holds: a reload cannot change them, a master upgrade (SIGUSR2) can.
 _MASTER_OPTIONS = ("bind", "workers", "pidfile", "reuse_port", "handoff_socket", "takeover",
                    "handoff_uid", "graceful_timeout", "ready_timeout", "shutdown_delay",
-                   "max_failures", "keep_trying", "log_level")
+                   "max_failures", "keep_trying", "timeout", "log_level")
 
 
 def _warn_master_changes(old: "Config", new: "Config") -> None:

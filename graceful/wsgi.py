@@ -24,7 +24,7 @@ import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 from urllib.parse import unquote_to_bytes
 
-from . import http11
+from . import heartbeat, http11
 from .drain import accept_backlog, close_gently
 from .http11 import NEED_DATA, Body, EndOfMessage, HTTPError, Limits, Request, RequestParser
 from .upgrader import Upgrader
@@ -163,6 +163,7 @@ class WSGIServer:
     # -- the selector loop ----------------------------------------------------------------------
 
     def _poll(self, timeout: float) -> None:
+        heartbeat.beat()  # from the loop itself: a blocked loop goes silent (master --timeout)
         for key, _ in self._selector.select(timeout):
             data = key.data
             if data is None:

@@ -122,8 +122,7 @@ def test_run_passes_systemd_style_fds_and_waits_for_notify(procs, tmp_path):
     port = free_port()
     log = open(tmp_path / "run.log", "w")
     proc = procs.python("-m", "graceful", "run", "--bind", f"web=127.0.0.1:{port}", "--ready",
-                        "notify", "--workers", "2", "--", sys.executable, SD_SERVER, "--fd",
-                        "{fd:web}", stderr=log)
+                        "notify", "--workers", "2", "--", sys.executable, SD_SERVER, stderr=log)
     wait_for(lambda: f"ready: pid {proc.pid} " in (tmp_path / "run.log").read_text(), 30,
              what="the master to be ready")
     seen = {}
@@ -207,14 +206,13 @@ def test_init_mode_forwards_signals_reaps_and_returns_the_status(procs, tmp_path
     assert proc.wait(30) == 128 + signal.SIGTERM  # sleep died of the forwarded SIGTERM
 
 
-def test_a_worker_that_keeps_crashing_is_given_up_on(procs, tmp_path):
+def test_a_first_generation_that_cannot_start_exits_non_zero(procs, tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "graceful", "run", "--ready", "delay:0", "--max-failures", "2",
-         "--", "sh", "-c", "sleep 0.3; exit 3"],
+        [sys.executable, "-m", "graceful", "run", "--ready", "fd", "--keep-trying", "--", "sh",
+         "-c", "exit 3"],
         env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
-    assert result.stderr.count("restarting slot 0") == 2
-    assert "2 failures in a row: not restarting it" in result.stderr
+    assert "giving up: the first generation did not start" in result.stderr
 
 
 @pytest.mark.parametrize("args, message", [
@@ -349,4 +347,23 @@ def test_a_reload_before_the_first_generation_was_ready_makes_the_master_ready(p
     proc.send_signal(signal.SIGTERM)
     wait_for(lambda: "lame duck" in log_path.read_text(), 30, what="the lame duck")
     proc.send_signal(signal.SIGQUIT)
+    assert proc.wait(30) == 0
+
+
+def test_a_command_that_names_its_fds_gets_no_listen_fds(procs, tmp_path):
+    # A server that reads both would adopt fd 3 twice (gunicorn --bind fd://{fd:web} did).
+    port = free_port()
+    log_path = tmp_path / "run.log"
+    with open(log_path, "w") as log:
+        proc = procs.python("-m", "graceful", "run", "--bind", f"web=127.0.0.1:{port}", "--ready",
+                            "notify", "--", sys.executable, SD_SERVER, "--fd", "{fd:web}",
+                            stderr=log)
+    wait_for(lambda: f"ready: pid {proc.pid} " in log_path.read_text(), 30,
+             what="the master to be ready")
+    c = Client(socket_connect(port))
+    report = json.loads(c.request("GET", "/").body)
+    c.sock.close()
+    assert report["fd"] == 3
+    assert report["LISTEN_FDS"] is None and report["LISTEN_PID"] is None
+    proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0
