@@ -299,7 +299,9 @@ def test_init_mode_stops_a_server_behind_a_shell_wrapper_gracefully(procs, tmp_p
     (wrapper,) = children_of(proc.pid)
     (server,) = children_of(wrapper)
     with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
-        conn.sendall(b"GET /slow HTTP/1.0\r\n\r\n")
+        # Keep-alive, so the server side stays established after the answer until the drain
+        # closes it: wait_established cannot miss it (an HTTP/1.0 answer ends it within 200 ms).
+        conn.sendall(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
         wait_established(port, [conn])
         proc.send_signal(signal.SIGTERM)
         response = b""
