@@ -284,7 +284,9 @@ class _HttpProtocol(asyncio.Protocol):
         self.server_addr = _host_port(transport.get_extra_info("sockname"))
         self.drain.track(transport)
         self.server.protocols.add(self)
-        self._idle()
+        # Not idle for the drain yet: until its first request arrives, a connection is one whose
+        # client is about to send (the keep-alive timeout still bounds it).
+        self.idle_since = self.loop.time()
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
         self.closing = True

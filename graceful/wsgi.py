@@ -45,7 +45,7 @@ class _Conn:
     """A client connection and its parser; lives in the selector between requests."""
 
     __slots__ = ("sock", "parser", "peer", "server_addr", "unix", "since", "head_started",
-                 "lingering", "unsent")
+                 "lingering", "unsent", "served")
 
     def __init__(self, sock: socket.socket, peer: Any, server_addr: Tuple[str, str], unix: bool,
                  limits: Limits) -> None:
@@ -58,6 +58,7 @@ class _Conn:
         self.head_started: Optional[float] = None  # first byte of a request head not yet whole
         self.lingering: Optional[float] = None  # closing: deadline for the client's last bytes
         self.unsent = 0  # the kernel still held this much of the last response at the last look
+        self.served = False  # a request came on it: between requests it is idle keep-alive
 
 
 class WSGIServer:
@@ -270,6 +271,7 @@ class WSGIServer:
                 conn.head_started = conn.since
             return
         conn.head_started = None
+        conn.served = True
         self._forget(conn)
         with self._lock:
             self._busy[id(conn)] = conn
@@ -324,8 +326,12 @@ class WSGIServer:
             elif now - conn.since > options.keepalive_timeout:
                 if not self._still_delivering(conn):
                     self._linger(conn)
-            elif draining_since is not None and now - max(conn.since, draining_since) >= grace:
-                self._linger(conn)  # idle through the grace after the drain began
+            elif (conn.served and draining_since is not None
+                  and now - max(conn.since, draining_since) >= grace):
+                # Idle between requests through the grace after the drain began. A connection
+                # whose first request has not come yet is not idle: its client is about to
+                # send it (a slow client can take longer than the grace), so it is served.
+                self._linger(conn)
 
     @staticmethod
     def _still_delivering(conn: _Conn) -> bool:
