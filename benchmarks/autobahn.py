@@ -61,7 +61,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     started = time.monotonic()
     results: Dict[str, Dict[str, dict]] = {}
     for name, command in servers:
-        results[name] = _run_one(name, command, wstest, cases, exclude, reports, args.cache)
+        results[name] = _run_one(name, command, wstest, cases, exclude, reports)
     print(f"\ncases {' '.join(cases)}" + (f", excluding {' '.join(exclude)}" if exclude else "")
           + f"; {time.monotonic() - started:.0f} s in all; reports in {reports}")
     print(_table(results))
@@ -116,8 +116,10 @@ def _install(python2: str, cache: str) -> List[str]:
     if shutil.which(python2) is None and not os.path.exists(python2):
         raise _Unavailable(f"no Python 2.7 at {python2!r} (give one with --python2)")
     site = os.path.join(cache, "site")
-    command = [python2, "-c", "import sys; from autobahntestsuite.wstest import run; "
-               "sys.argv[0] = 'wstest'; run()"]
+    # addsitedir, not PYTHONPATH: zope and other namespace packages are wired up by the .pth
+    # files pip writes into the target, and Python reads those only in a site directory.
+    command = [python2, "-c", "import site, sys; site.addsitedir(sys.argv.pop(1)); "
+               "from autobahntestsuite.wstest import run; sys.argv[0] = 'wstest'; run()", site]
     if not os.path.exists(os.path.join(site, "autobahntestsuite", "wstest.py")):
         print(f"autobahn: installing {' '.join(PACKAGES)} into {site}", file=sys.stderr)
         os.makedirs(cache, exist_ok=True)
@@ -131,10 +133,9 @@ def _install(python2: str, cache: str) -> List[str]:
     return command
 
 
-def _wstest_env(cache: str) -> Dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    env["PYTHONPATH"] = os.path.join(cache, "site")
-    return env
+def _wstest_env() -> Dict[str, str]:
+    """This process's environment without any PYTHON* variable meant for Python 3."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
 
 
 # --- the servers ---------------------------------------------------------------------------
@@ -145,7 +146,7 @@ def _servers(names: str) -> List[Tuple[str, List[str]]]:
 
 
 def _run_one(name: str, command: List[str], wstest: List[str], cases: List[str],
-             exclude: List[str], reports: str, cache: str) -> Dict[str, dict]:
+             exclude: List[str], reports: str) -> Dict[str, dict]:
     outdir = os.path.join(reports, name)
     os.makedirs(outdir, exist_ok=True)
     server = apps_ws.ServerProcess(command)
@@ -161,7 +162,7 @@ def _run_one(name: str, command: List[str], wstest: List[str], cases: List[str],
     try:
         done = subprocess.run([*wstest, "-m", "fuzzingclient", "-s", spec_path],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              env=_wstest_env(cache), cwd=reports)
+                              env=_wstest_env(), cwd=reports)
     finally:
         log = server.stop()
     print(f"autobahn: {name} done in {time.monotonic() - started:.0f} s", file=sys.stderr)

@@ -237,13 +237,15 @@ class _Client:
 
     async def _websockets(self, url: str, conn: _Connection, stop: asyncio.Event) -> None:
         async with ws_connect(url, open_timeout=TIMEOUT, close_timeout=TIMEOUT) as ws:
-            conn.pid = int((await ws.recv()).split()[1])
             self.connections.append(conn)
             try:
+                conn.pid = int((await ws.recv()).split()[1])
                 while not stop.is_set():
                     text = f"{conn.id}:{len(conn.sent)}"
-                    conn.sent.append(text)
+                    # Counted once written: send raises, writing nothing, once the library
+                    # has seen the server's close frame.
                     await ws.send(text)
+                    conn.sent.append(text)
                     conn.echoed.append(await asyncio.wait_for(ws.recv(), TIMEOUT))
                     await asyncio.sleep(0.02)  # pacing (a message rate), not synchronisation
             except websockets.exceptions.ConnectionClosed:
@@ -254,12 +256,17 @@ class _Client:
                        session: aiohttp.ClientSession) -> None:
         async with session.ws_connect(url, timeout=aiohttp.ClientWSTimeout(ws_close=TIMEOUT)
                                       ) as ws:
-            conn.pid = int((await ws.receive_str(timeout=TIMEOUT)).split()[1])
             self.connections.append(conn)
-            while not stop.is_set():
+            hello = await ws.receive(timeout=TIMEOUT)
+            if hello.type == aiohttp.WSMsgType.TEXT:
+                conn.pid = int(hello.data.split()[1])
+            while conn.pid and not stop.is_set():
                 text = f"{conn.id}:{len(conn.sent)}"
+                try:
+                    await ws.send_str(text)
+                except ConnectionError:  # the close frame was read in the meantime
+                    break
                 conn.sent.append(text)
-                await ws.send_str(text)
                 message = await ws.receive(timeout=TIMEOUT)
                 if message.type != aiohttp.WSMsgType.TEXT:
                     break
@@ -358,18 +365,30 @@ def test_drain_closes_with_1012_and_loses_no_message(procs, tmp_path, mode, relo
     connections = [conn for c in fleet.clients for conn in c.connections]
     replaced = [conn for c in fleet.clients for conn in c.connections[:-1]]
     assert len(replaced) >= 50 * reloads
+    # A connection closed before the app's greeting reached the client (pid 0). With workers
+    # the old generation's workers start draining one after another, so a client closed by
+    # the first may be accepted by a sibling that has not stopped accepting yet, which closes
+    # it at once; one process stops accepting before it closes anything, so never there.
+    early = [conn.id for conn in connections if not conn.pid]
+    if not workers:
+        assert early == [], early
+    print(f"{len(connections)} connections, {len(early)} closed before their greeting")
     for client in fleet.clients:
         for before, after in zip(client.connections, client.connections[1:]):
             assert before.close_code == 1012, (before.id, before.close_code)
-            assert after.pid != before.pid, (before.id, after.id, before.pid)
+            assert after.pid != before.pid or not after.pid, (before.id, after.id, before.pid)
     for conn in connections:
         # Echoes: exactly once, in order; only the message in flight at the close may lack one.
         assert conn.echoed == conn.sent[:len(conn.echoed)], conn.id
         assert len(conn.sent) - len(conn.echoed) <= 1, (conn.id, conn.sent[-3:], conn.echoed[-3:])
     # The app got every message sent before the client saw the close frame, exactly once.
-    wait_for(lambda: all((markers / f"recv-{conn.id}").exists() for conn in connections), 120,
+    wait_for(lambda: all((markers / f"recv-{conn.id}").exists() for conn in connections
+                         if conn.pid), 120,
              what="every connection's record of what the app received")
     for conn in connections:
+        if not conn.pid:
+            assert conn.sent == [], conn.id
+            continue
         received = (markers / f"recv-{conn.id}").read_text().splitlines()
         assert received == conn.sent, (conn.id, received[-3:], conn.sent[-3:])
     failures = [f for load in loads for f in load.failures]
