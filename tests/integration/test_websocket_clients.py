@@ -209,6 +209,9 @@ class _Connection:
         self.close_code: Optional[int] = None
 
 
+_MAX_CONNECTIONS = 100  # per client: ~2 per reload is expected; a reconnect loop ends here
+
+
 class _Client:
     """Lock-step numbered messages on one connection after another: a message, its echo, the
     next. A close from the server ends the connection and the client reconnects at once."""
@@ -224,6 +227,9 @@ class _Client:
 
     async def run(self, stop: asyncio.Event, session: aiohttp.ClientSession) -> None:
         while not stop.is_set():
+            if len(self.connections) >= _MAX_CONNECTIONS:
+                self.errors.append(f"client {self.index}: {_MAX_CONNECTIONS} connections")
+                return
             conn = _Connection(f"{self.index}-{len(self.connections)}")
             url = f"ws://127.0.0.1:{self.port}/ws/echo?conn={conn.id}"
             try:
