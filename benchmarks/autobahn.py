@@ -49,6 +49,8 @@ _SEVERITY = {v: i for i, v in enumerate(["OK", "INFORMATIONAL", "NON-STRICT", "U
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parse(argv)
+    if args.from_reports:
+        return _report(_read_reports(args.from_reports))
     try:
         wstest = _install(args.python2, args.cache)
     except _Unavailable as exc:
@@ -64,9 +66,26 @@ def main(argv: Optional[List[str]] = None) -> int:
         results[name] = _run_one(name, command, wstest, cases, exclude, reports)
     print(f"\ncases {' '.join(cases)}" + (f", excluding {' '.join(exclude)}" if exclude else "")
           + f"; {time.monotonic() - started:.0f} s in all; reports in {reports}")
-    print(_table(results))
     if not args.keep_reports:
         shutil.rmtree(reports, ignore_errors=True)
+    return _report(results)
+
+
+def _read_reports(reports: str) -> Dict[str, Dict[str, dict]]:
+    """The results of an earlier --keep-reports run: REPORTS/<server>/index.json."""
+    results = {}
+    for name in sorted(os.listdir(reports)):
+        index = os.path.join(reports, name, "index.json")
+        if os.path.exists(index):
+            with open(index) as f:
+                results[name] = json.load(f).get(name, {})
+    if not results:
+        sys.exit(f"autobahn: no */index.json under {reports}: give a --keep-reports directory")
+    return results
+
+
+def _report(results: Dict[str, Dict[str, dict]]) -> int:
+    print(_table(results))
     graceful = results.get("graceful", {})
     bad = sorted((c for c, r in graceful.items() if _verdict(r) in ("FAILED", "UNIMPLEMENTED")),
                  key=_case_key)
@@ -90,6 +109,8 @@ def _parse(argv: Optional[List[str]]) -> argparse.Namespace:
                         help=f"where autobahntestsuite is installed (default {DEFAULT_CACHE})")
     parser.add_argument("--keep-reports", metavar="DIR",
                         help="write Autobahn's HTML/JSON reports here and keep them")
+    parser.add_argument("--from-reports", metavar="DIR",
+                        help="only print the table of an earlier --keep-reports DIR")
     parser.add_argument("--skip-if-unavailable", action="store_true",
                         help="exit 0 with a reason when the tool cannot be installed")
     args = parser.parse_args(argv)
