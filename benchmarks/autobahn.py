@@ -150,7 +150,8 @@ def _install(python2: str, cache: str) -> List[str]:
         if done.returncode != 0:
             shutil.rmtree(site, ignore_errors=True)
             tail = done.stdout.decode(errors="replace").strip().splitlines()[-1:]
-            raise _Unavailable(f"pip install into {site} failed: {' '.join(tail)}")
+            raise _Unavailable(f"pip install into {site} failed (exit {done.returncode}): "
+                               f"{' '.join(tail) or 'no output'}")
     return command
 
 
