@@ -18,7 +18,6 @@ be had (no python2.7, install failed) is reported and exits 0, so CI says why it
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import json
 import os
 import shutil

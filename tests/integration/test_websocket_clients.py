@@ -20,7 +20,7 @@ import os
 import re
 import signal
 import threading
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 import pytest
 
