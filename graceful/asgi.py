@@ -438,11 +438,15 @@ class _HttpProtocol(asyncio.Protocol):
         self.closing = True
         transport = self.transport
         transport.resume_reading()
-        if transport.can_write_eof():
-            transport.write_eof()
-            self.loop.call_later(_LINGER, transport.close)
-        else:
+        if not transport.can_write_eof():
             transport.close()
+            return
+        try:
+            transport.write_eof()
+        except OSError:  # the client is already gone (ENOTCONN): nothing to linger for
+            transport.close()
+            return
+        self.loop.call_later(_LINGER, transport.close)
 
     async def wait_writable(self) -> None:
         if self.write_paused and not self.closing:

@@ -237,11 +237,15 @@ class WebSocketSession(asyncio.Protocol):
         transport = self.transport
         if self.reading_paused:
             transport.resume_reading()  # read off what is left, so the close sends no RST
-        if transport.can_write_eof():
-            transport.write_eof()
-            self.loop.call_later(_LINGER, transport.close)
-        else:
+        if not transport.can_write_eof():
             transport.close()
+            return
+        try:
+            transport.write_eof()
+        except OSError:  # the client is already gone (ENOTCONN): nothing to linger for
+            transport.close()
+            return
+        self.loop.call_later(_LINGER, transport.close)
 
     # -- the ASGI side --------------------------------------------------------------------------
 
