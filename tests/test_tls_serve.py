@@ -286,3 +286,37 @@ def test_a_broken_certificate_at_first_start_is_one_line_and_exit_2(tmp_path, ce
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2, (args, result.stderr)
         assert len(lines) == 1 and reason in lines[0], (args, lines)
+
+
+def test_websockets_over_tls(procs, tmp_path, certs):
+    import base64
+
+    served = _serve_tls(procs, tmp_path, certs, "ws_app.py:app")
+    key = base64.b64encode(os.urandom(16)).decode()
+    with _tls_connect(served, _client_context(certs)) as sock:
+        sock.sendall(("GET /scope HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n"
+                      f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                      "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+        head, _, data = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101 "), head
+
+        def take(n: int) -> bytes:
+            nonlocal data
+            while len(data) < n:
+                chunk = sock.recv(65536)
+                assert chunk, data
+                data += chunk
+            taken, data = data[:n], data[n:]
+            return taken
+
+        first, size = take(2)
+        assert first == 0x81  # a whole text frame
+        if size == 126:
+            size = int.from_bytes(take(2), "big")
+        scope = json.loads(take(size))
+    assert scope["scheme"] == "wss"
