@@ -107,7 +107,8 @@ def test_plain_http_to_the_tls_port_gets_400_and_close(procs, tmp_path, certs, a
 @pytest.mark.parametrize("app", APPS)
 def test_silent_clients_cost_no_thread_and_are_closed_after_the_header_timeout(
         procs, tmp_path, certs, app):
-    served = _serve_tls(procs, tmp_path, certs, app, "--threads", "1", "--header-timeout", "3")
+    served = _serve_tls(procs, tmp_path, certs, app, "--threads", "1", "--header-timeout", "3",
+                        "--keepalive-timeout", "300")  # so only the header timeout closes
     silent = [served.connect() for _ in range(5)]
     silent.append(served.connect())
     silent[-1].sendall(b"\x16\x03\x01")  # the start of a ClientHello, never finished
