@@ -28,7 +28,7 @@ from .asyncio_adapter import AsyncioDrain
 from .drain import accept_backlog
 from .http import asgi_websocket
 from .http.forwarded import Origin, resolve, split_root_path
-from .http.preamble import Preamble, PreambleError
+from .http.preamble import Preamble, PreambleError, client_used_tls
 from .http.proxy_protocol import ProxyHeader, effective_peer
 from .http11 import NEED_DATA, Body, EndOfMessage, HTTPError, Request, RequestParser
 from .upgrader import Upgrader
@@ -367,6 +367,7 @@ class _HttpProtocol(asyncio.Protocol):
         self.server_addr: Optional[Tuple[str, int]] = None
         self.proxy_header: Optional[ProxyHeader] = None  # set by the acceptor, if one was read
         self.tls: Optional[Dict[str, Any]] = None  # the ASGI tls extension, over TLS
+        self.scheme = self.options.url_scheme  # https too if a PROXY header says TLS
         self.written = 0  # bytes given to the transport
         self.delivered = 0  # of those, bytes the client has taken (acknowledged)
         self.delivered_at = 0.0  # loop time the client last took some
@@ -379,6 +380,8 @@ class _HttpProtocol(asyncio.Protocol):
         self.server_addr = _host_port(transport.get_extra_info("sockname"))
         if self.proxy_header is not None:
             self.client = effective_peer(self.proxy_header, self.client)
+            if client_used_tls(self.proxy_header):
+                self.scheme = "https"
         sslobj = transport.get_extra_info("ssl_object")
         if sslobj is not None:
             self.tls = tls.asgi_extension(tls.client_certificate(sslobj))
@@ -647,7 +650,7 @@ class _Cycle:
         options = protocol.options
         # The WebSocket scope is made from this one and maps the scheme to ws/wss itself.
         origin = self.origin = resolve(protocol.client, request.headers,
-                                       scheme=options.url_scheme, server=protocol.server_addr,
+                                       scheme=protocol.scheme, server=protocol.server_addr,
                                        trust=options.forwarded_trust)
         # Invalid UTF-8 becomes U+FFFD: a surrogate escape is a str no app can encode.
         path = unquote_to_bytes(request.path).decode("utf-8", "replace")

@@ -28,7 +28,7 @@ from urllib.parse import unquote_to_bytes
 from . import http11, tls
 from .drain import accept_backlog, close_gently
 from .http.forwarded import Origin, resolve, split_root_path
-from .http.preamble import Preamble, PreambleError
+from .http.preamble import Preamble, PreambleError, client_used_tls
 from .http.proxy_protocol import effective_peer
 from .http11 import NEED_DATA, Body, EndOfMessage, HTTPError, Limits, Request, RequestParser
 from .upgrader import Upgrader
@@ -49,7 +49,7 @@ class _Conn:
     """A client connection and its parser; lives in the selector between requests."""
 
     __slots__ = ("sock", "parser", "peer", "server_addr", "unix", "since", "head_started",
-                 "lingering", "unsent", "preamble", "handshaking", "tls")
+                 "lingering", "unsent", "preamble", "handshaking", "tls", "scheme")
 
     def __init__(self, sock: socket.socket, peer: Any, server_addr: Tuple[str, str], unix: bool,
                  limits: Limits) -> None:
@@ -65,6 +65,7 @@ class _Conn:
         self.preamble: Optional[Preamble] = None  # PROXY header / TLS sniff not read yet
         self.handshaking = False  # the TLS handshake runs (in the selector loop, no thread)
         self.tls: Optional[Dict[str, str]] = None  # environ keys of the TLS connection
+        self.scheme: Optional[str] = None  # https if a PROXY header says the client used TLS
 
 
 class WSGIServer:
@@ -305,6 +306,8 @@ class WSGIServer:
         if header is not None:
             conn.peer = effective_peer(header, None if conn.unix else conn.peer)
             conn.unix = conn.peer is None
+            if client_used_tls(header):
+                conn.scheme = "https"
         context = self.options.ssl_context
         if context is None:
             self._on_readable(conn)  # the request may be in already
@@ -579,7 +582,7 @@ class _Exchange:
         options = self.server.options
         port = conn.server_addr[1]
         origin = self.origin = resolve(None if conn.unix else conn.peer, request.headers,
-                                       scheme=options.url_scheme,
+                                       scheme=conn.scheme or options.url_scheme,
                                        server=(conn.server_addr[0], int(port) if port else None),
                                        trust=options.forwarded_trust)
         environ: Dict[str, Any] = {

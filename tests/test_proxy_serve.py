@@ -89,6 +89,11 @@ def test_proxy_protocol_v1_and_v2_from_an_allowed_peer_name_the_client(procs, tm
         assert info["REMOTE_ADDR"] == "192.0.2.44"
         info = _info(sock)  # keep-alive: the next request is plain HTTP, same client
         assert info["REMOTE_ADDR"] == "192.0.2.44"
+    tls_said = encode(ProxyHeader(2, PROXY, INET, ("192.0.2.45", 5556), ("127.0.0.1", 443),
+                                  tlvs=((0x20, b"\x01\x00\x00\x00\x00"),)))  # PP2_TYPE_SSL
+    with served.connect() as sock:  # haproxy send-proxy-v2-ssl: the client came over TLS
+        info = _info(sock, tls_said)
+    assert (info["REMOTE_ADDR"], info["wsgi.url_scheme"]) == ("192.0.2.45", "https")
     with served.connect() as sock:  # the header in pieces, each in its own segment
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         for piece in (v1[:5], v1[5:20]):

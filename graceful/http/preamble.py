@@ -24,10 +24,12 @@ from typing import Optional
 
 from .proxy_protocol import NEED_DATA, ProxyHeader, ProxyHeaderParser, ProxyProtocolError
 
-__all__ = ["Preamble", "PreambleError", "PLAIN_HTTP_TO_TLS"]
+__all__ = ["Preamble", "PreambleError", "PLAIN_HTTP_TO_TLS", "client_used_tls"]
 
 _PEEK = 536  # more than a v1 header (107); a larger v2 header comes in several reads
 _TLS_HANDSHAKE = 0x16  # the content type of the record a TLS connection starts with
+_PP2_TYPE_SSL = 0x20  # a v2 TLV: the client's connection to the proxy, and whether it was TLS
+_PP2_CLIENT_SSL = 0x01
 
 _PLAIN_BODY = b"The plain HTTP request was sent to HTTPS port\n"
 PLAIN_HTTP_TO_TLS = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n"
@@ -87,6 +89,13 @@ class Preamble:
         self.header = result  # type: ignore[assignment]
         self._proxy = None
         return True
+
+
+def client_used_tls(header: ProxyHeader) -> bool:
+    """Whether the proxy says the client reached it over TLS (HAProxy ``send-proxy-v2-ssl``):
+    then the request's scheme is https, as a TLS-terminating proxy's X-Forwarded-Proto says."""
+    return any(kind == _PP2_TYPE_SSL and value[:1] and value[0] & _PP2_CLIENT_SSL
+               for kind, value in header.tlvs)
 
 
 def _peek(sock: socket.socket, size: int) -> Optional[bytes]:
