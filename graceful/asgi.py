@@ -201,7 +201,11 @@ class _Acceptor:
         connection was closed instead."""
         options = self.options
         unix = sock.family == socket.AF_UNIX
-        peer = None if unix else sock.getpeername()
+        try:
+            peer = None if unix else sock.getpeername()
+        except OSError:  # the client is gone already
+            sock.close()
+            return False
         who = "a Unix socket client" if unix else f"{peer[0]}:{peer[1]}"
         if options.proxy_protocol and not options.proxy_trust.trusts(None if unix else peer[0]):
             log.info("closed a connection from %s: not allowed to send a PROXY header "
