@@ -68,11 +68,15 @@ def test_forwarded_headers_from_an_untrusted_peer_change_nothing(procs, tmp_path
 def test_forwarded_allow_ips_comes_from_the_environment_too(procs, tmp_path):
     import os
 
-    env = dict(os.environ, FORWARDED_ALLOW_IPS="10.0.0.1")
-    served = Served(procs, tmp_path, "edge_wsgi.py:app", env=env)
+    hops = [("X-Forwarded-For", "203.0.113.7, 198.51.100.1")]
+    served = Served(procs, tmp_path, "edge_wsgi.py:app",
+                    env=dict(os.environ, FORWARDED_ALLOW_IPS="10.0.0.1"))
     with served.connect() as sock:
-        info = _info(sock, headers=[("X-Forwarded-For", "203.0.113.7")])
-    assert info["REMOTE_ADDR"] == "127.0.0.1"
+        assert _info(sock, headers=hops)["REMOTE_ADDR"] == "127.0.0.1"  # loopback untrusted
+    served = Served(procs, tmp_path, "edge_wsgi.py:app",
+                    env=dict(os.environ, FORWARDED_ALLOW_IPS="*"))
+    with served.connect() as sock:  # every hop trusted: the leftmost is the client
+        assert _info(sock, headers=hops)["REMOTE_ADDR"] == "203.0.113.7"
 
 
 @pytest.mark.parametrize("app", APPS)
