@@ -22,7 +22,7 @@ import time
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple
 from urllib.parse import unquote_to_bytes
 
-from . import http11, tls
+from . import http11
 from ._options import OUT_OF_RESOURCES, AcceptPause, ServerOptions, access_log_line, unsent_bytes
 from .asyncio_adapter import AsyncioDrain
 from .drain import accept_backlog
@@ -31,6 +31,7 @@ from .http.forwarded import Origin, resolve, split_root_path
 from .http.preamble import Preamble, PreambleError, client_used_tls
 from .http.proxy_protocol import ProxyHeader, effective_peer
 from .http11 import NEED_DATA, Body, EndOfMessage, HTTPError, Request, RequestParser
+from .tls import asgi_extension, client_certificate
 from .upgrader import Upgrader
 
 __all__ = ["ASGIServer", "LIFESPAN_FAILED"]
@@ -388,7 +389,7 @@ class _HttpProtocol(asyncio.Protocol):
                 self.scheme = "https"
         sslobj = transport.get_extra_info("ssl_object")
         if sslobj is not None:
-            self.tls = tls.asgi_extension(tls.client_certificate(sslobj))
+            self.tls = asgi_extension(client_certificate(sslobj))
         self.drain.track(transport)
         self.server.protocols.add(self)
         self._idle()

@@ -25,12 +25,13 @@ import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 from urllib.parse import unquote_to_bytes
 
-from . import http11, tls
+from . import http11
 from .drain import accept_backlog, close_gently
 from .http.forwarded import Origin, resolve, split_root_path
 from .http.preamble import Preamble, PreambleError, client_used_tls
 from .http.proxy_protocol import effective_peer
 from .http11 import NEED_DATA, Body, EndOfMessage, HTTPError, Limits, Request, RequestParser
+from .tls import client_certificate, wsgi_environ
 from .upgrader import Upgrader
 from ._options import OUT_OF_RESOURCES, AcceptPause, ServerOptions, access_log_line, unsent_bytes
 
@@ -336,7 +337,7 @@ class WSGIServer:
             conn.sock.close()
             return
         conn.handshaking = False
-        conn.tls = tls.wsgi_environ(tls.client_certificate(sock))
+        conn.tls = wsgi_environ(client_certificate(sock))
         self._watch(conn, selectors.EVENT_READ)
         if sock.pending():
             self._on_readable(conn)
