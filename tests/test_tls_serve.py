@@ -321,3 +321,26 @@ def test_websockets_over_tls(procs, tmp_path, certs):
             size = int.from_bytes(take(2), "big")
         scope = json.loads(take(size))
     assert scope["scheme"] == "wss"
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_curl_over_https_and_mtls(procs, tmp_path, certs, app):
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed (.ci/run installs it)")
+    served = _serve_tls(procs, tmp_path, certs, app, "--ca-certs", certs["ca.pem"],
+                        "--cert-reqs", "optional")
+    base = ["curl", "-sS", "--fail", "--cacert", certs["ca.pem"]]
+    url = f"https://127.0.0.1:{served.port}"
+    result = subprocess.run(base + [f"{url}/info", f"{url}/x/info"], capture_output=True,
+                            text=True, timeout=60)  # two requests on one connection
+    assert result.returncode == 0, result.stderr
+    first = json.loads(result.stdout[:result.stdout.index("}") + 1])
+    assert first["wsgi.url_scheme"] == "https" and not first["SSL_CLIENT_S_DN"]
+    result = subprocess.run(base + ["--cert", certs["client.pem"], "--key", certs["client.key"],
+                                    f"{url}/info"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["SSL_CLIENT_S_DN"] == "CN=graceful client,O=graceful"
+    if app.startswith("edge_wsgi"):  # a body the close ends, over TLS
+        result = subprocess.run(base + ["--http1.0", f"{url}/stream"], capture_output=True,
+                                timeout=60)
+        assert (result.returncode, result.stdout) == (0, b"part 0\npart 1\npart 2\n"), result

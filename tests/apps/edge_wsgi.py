@@ -9,6 +9,9 @@ _KEYS = ("REMOTE_ADDR", "REMOTE_PORT", "wsgi.url_scheme", "HTTP_HOST", "SERVER_N
 
 
 def app(environ, start_response):
+    if environ["PATH_INFO"] == "/stream":  # no Content-Length: to HTTP/1.0, the close ends it
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return (b"part %d\n" % i for i in range(3))
     if environ["PATH_INFO"].endswith("/info"):
         body = json.dumps({key: environ.get(key) for key in _KEYS}).encode()
         kind = "application/json"
