@@ -5,11 +5,13 @@ from __future__ import annotations
 import errno
 import fcntl
 import logging
+import ssl
 import struct
 import termios
 import time
 from typing import Callable, Optional
 
+from .http.trust import DEFAULT_ALLOW, Trust, parse_trust
 from .http11 import Limits, Request
 
 log = logging.getLogger("graceful")
@@ -28,7 +30,10 @@ class ServerOptions:
                  access_log: Optional[Callable[[str], None]] = None,
                  url_scheme: str = "http", ws_max_size: int = 16 << 20,
                  ws_per_message_deflate: bool = True, ws_ping_interval: float = 20.0,
-                 ws_ping_timeout: float = 20.0, ws_drain_time: float = 3.0) -> None:
+                 ws_ping_timeout: float = 20.0, ws_drain_time: float = 3.0,
+                 forwarded_trust: Optional[Trust] = None, proxy_protocol: bool = False,
+                 proxy_trust: Optional[Trust] = None, root_path: str = "",
+                 ssl_context: Optional[ssl.SSLContext] = None) -> None:
         self.header_timeout = header_timeout  # a request head must arrive within this (slow-loris)
         self.keepalive_timeout = keepalive_timeout  # an idle keep-alive connection is closed after
         # Longest wait for progress either way: the next piece of a request body, or the
@@ -43,6 +48,14 @@ class ServerOptions:
         self.ws_ping_interval = ws_ping_interval  # seconds between keepalive pings (0: none)
         self.ws_ping_timeout = ws_ping_timeout  # an unanswered ping closes the WebSocket (0: no)
         self.ws_drain_time = ws_drain_time  # the drain's WebSocket closes spread over this
+        # Peers whose forwarded headers are believed (graceful.http.forwarded).
+        self.forwarded_trust = forwarded_trust or parse_trust(DEFAULT_ALLOW)
+        self.proxy_protocol = proxy_protocol  # every connection starts with a PROXY header
+        self.proxy_trust = proxy_trust or parse_trust(DEFAULT_ALLOW)  # who may send one
+        self.root_path = root_path  # from parse_root_path: "" or "/a/b"
+        self.ssl_context = ssl_context  # HTTPS on every listener when set
+        if ssl_context is not None and url_scheme == "http":
+            self.url_scheme = "https"
 
 
 def access_log_line(remote: str, started: float, request: Request, status: object,

@@ -17,6 +17,7 @@ import asyncio
 import logging
 import re
 import socket
+import ssl
 import time
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple
 from urllib.parse import unquote_to_bytes
@@ -24,8 +25,13 @@ from urllib.parse import unquote_to_bytes
 from . import heartbeat, http11
 from ._options import OUT_OF_RESOURCES, AcceptPause, ServerOptions, access_log_line, unsent_bytes
 from .asyncio_adapter import AsyncioDrain
+from .drain import accept_backlog
 from .http import asgi_websocket
+from .http.forwarded import Origin, resolve, split_root_path
+from .http.preamble import Preamble, PreambleError, client_used_tls
+from .http.proxy_protocol import ProxyHeader, effective_peer
 from .http11 import NEED_DATA, Body, EndOfMessage, HTTPError, Request, RequestParser
+from .tls import asgi_extension, client_certificate
 from .upgrader import Upgrader
 
 __all__ = ["ASGIServer", "LIFESPAN_FAILED"]
@@ -77,7 +83,7 @@ class ASGIServer:
         servers: List[_Acceptor] = []
         for listener in self.listeners:
             servers.append(_Acceptor(self.loop, listener, lambda: _HttpProtocol(self),
-                                     self.upgrader, accept_pause, servers))
+                                     self.upgrader, accept_pause, servers, self.options))
         for server in servers:
             server.start()
         sweeper = self.loop.create_task(self._sweep())
@@ -111,16 +117,24 @@ class _Acceptor:
     It is what ``AsyncioDrain`` expects of an ``asyncio.Server``: ``sockets``, ``close()``, and
     the two names the drain reads, ``_protocol_factory`` (to serve what is still queued) and
     ``_active_count`` (connections accepted whose transport is not built yet).
+
+    Behind a PROXY-protocol load balancer or with TLS, each connection first goes through its
+    preamble (``graceful.http.preamble``, under the header timeout) and then gets a TLS
+    transport; the drain cannot do that, so the acceptor serves its own queue on close.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, listener: socket.socket,
                  factory: Callable[[], asyncio.Protocol], upgrader: Upgrader,
-                 pause: AcceptPause, siblings: "List[_Acceptor]") -> None:
+                 pause: AcceptPause, siblings: "List[_Acceptor]",
+                 options: Optional[ServerOptions] = None) -> None:
         self.loop = loop
         self.listener = listener
         self.lifecycle = upgrader.lifecycle
         self.pause = pause
-        self._protocol_factory = factory
+        self.options = options or ServerOptions()
+        self._edge = self.options.proxy_protocol or self.options.ssl_context is not None
+        self._factory = factory
+        self._protocol_factory = None if self._edge else factory
         self._active_count = 0
         self._closed = False
         listener.setblocking(False)  # it may already be: O_NONBLOCK is shared, never cleared
@@ -138,6 +152,9 @@ class _Acceptor:
             return
         self._closed = True
         self.loop.remove_reader(self.listener.fileno())
+        if self._edge and self.lifecycle.last_holder:
+            for sock, _ in accept_backlog(self.listener):  # else the close would reset them
+                self._spawn(sock)
         self.listener.close()  # our fd only: a successor holds its own
 
     def _accept(self) -> None:
@@ -152,18 +169,68 @@ class _Acceptor:
                 else:
                     log.warning("accept failed: %s", exc)
                 return
-            sock.setblocking(False)
-            self._active_count += 1
-            self.loop.create_task(self._build(sock))
+            self._spawn(sock)
+
+    def _spawn(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self._active_count += 1
+        self.loop.create_task(self._build(sock))
 
     async def _build(self, sock: socket.socket) -> None:
+        options = self.options
         try:
-            await self.loop.connect_accepted_socket(self._protocol_factory, sock)
+            protocol = self._factory()
+            if self._edge:
+                header = await self._preamble(sock)
+                if header is False:
+                    return
+                protocol.proxy_header = header  # type: ignore[attr-defined]
+            context = options.ssl_context
+            await self.loop.connect_accepted_socket(
+                lambda: protocol, sock, ssl=context,
+                ssl_handshake_timeout=(options.header_timeout or None) if context else None)
+        except (ssl.SSLError, ConnectionError, asyncio.TimeoutError) as exc:
+            log.info("TLS handshake failed: %s", exc or type(exc).__name__)
+            sock.close()
         except Exception as exc:
             log.warning("could not set up an accepted connection: %s", exc)
             sock.close()
         finally:
             self._active_count -= 1
+
+    async def _preamble(self, sock: socket.socket) -> Any:
+        """The PROXY header (None if not asked for) once the preamble is read; False if the
+        connection was closed instead."""
+        options = self.options
+        unix = sock.family == socket.AF_UNIX
+        try:
+            peer = None if unix else sock.getpeername()
+        except OSError:  # the client is gone already
+            sock.close()
+            return False
+        who = "a Unix socket client" if unix else f"{peer[0]}:{peer[1]}"
+        if options.proxy_protocol and not options.proxy_trust.trusts(None if unix else peer[0]):
+            log.info("closed a connection from %s: not allowed to send a PROXY header "
+                     "(--proxy-allow-from)", who)
+            await _close_raw(self.loop, sock)
+            return False
+        preamble = Preamble(options.proxy_protocol, options.ssl_context is not None)
+        try:
+            await asyncio.wait_for(_read_preamble(self.loop, sock, preamble),
+                                   options.header_timeout)
+        except asyncio.TimeoutError:
+            log.info("closed a connection from %s: no %s in time", who,
+                     "PROXY header" if options.proxy_protocol else "TLS handshake")
+            sock.close()
+            return False
+        except PreambleError as exc:
+            log.info("closed a connection from %s: %s", who, exc)
+            await _close_raw(self.loop, sock, exc.response)
+            return False
+        except OSError:
+            sock.close()
+            return False
+        return preamble.header
 
     def _pause_all(self, exc: OSError) -> None:
         """Out of fds: stop watching every listener for a moment (each would fail the same)."""
@@ -182,6 +249,38 @@ class _Acceptor:
         for acceptor in self._siblings:
             if not acceptor._closed:
                 acceptor.start()
+
+
+async def _read_preamble(loop: asyncio.AbstractEventLoop, sock: socket.socket,
+                         preamble: Preamble) -> None:
+    fd = sock.fileno()
+    while not preamble.step(sock):
+        readable = loop.create_future()
+        loop.add_reader(fd, lambda: readable.done() or readable.set_result(None))
+        try:
+            await readable
+        finally:
+            loop.remove_reader(fd)
+
+
+async def _close_raw(loop: asyncio.AbstractEventLoop, sock: socket.socket,
+                     response: bytes = b"") -> None:
+    """Send ``response``, half-close, read off what the client still sends, close: no RST."""
+    try:
+        if response:
+            sock.send(response)
+        sock.shutdown(socket.SHUT_WR)
+        deadline = loop.time() + _LINGER
+        received = 0
+        while received < _MAX_DISCARD and loop.time() < deadline:
+            data = await asyncio.wait_for(loop.sock_recv(sock, 65536), deadline - loop.time())
+            if not data:
+                break
+            received += len(data)
+    except (OSError, asyncio.TimeoutError):
+        pass
+    finally:
+        sock.close()
 
 
 class _Lifespan:
@@ -272,6 +371,9 @@ class _HttpProtocol(asyncio.Protocol):
         self.drain_waiters: List["asyncio.Future[None]"] = []
         self.client: Optional[Tuple[str, int]] = None
         self.server_addr: Optional[Tuple[str, int]] = None
+        self.proxy_header: Optional[ProxyHeader] = None  # set by the acceptor, if one was read
+        self.tls: Optional[Dict[str, Any]] = None  # the ASGI tls extension, over TLS
+        self.scheme = self.options.url_scheme  # https too if a PROXY header says TLS
         self.written = 0  # bytes given to the transport
         self.delivered = 0  # of those, bytes the client has taken (acknowledged)
         self.delivered_at = 0.0  # loop time the client last took some
@@ -282,6 +384,13 @@ class _HttpProtocol(asyncio.Protocol):
         self.transport = transport
         self.client = _host_port(transport.get_extra_info("peername"))
         self.server_addr = _host_port(transport.get_extra_info("sockname"))
+        if self.proxy_header is not None:
+            self.client = effective_peer(self.proxy_header, self.client)
+            if client_used_tls(self.proxy_header):
+                self.scheme = "https"
+        sslobj = transport.get_extra_info("ssl_object")
+        if sslobj is not None:
+            self.tls = asgi_extension(client_certificate(sslobj))
         self.drain.track(transport)
         self.server.protocols.add(self)
         # Not idle for the drain yet: until its first request arrives, a connection is one whose
@@ -485,6 +594,7 @@ class _Cycle:
         self.sent = 0
         self.keep_alive = request.keep_alive
         self.started = time.time() if protocol.options.access_log else 0.0
+        self.origin: Optional[Origin] = None  # who the request is from, behind any proxy
 
     def start(self) -> None:
         request = self.request
@@ -549,22 +659,31 @@ class _Cycle:
     def scope(self) -> Scope:
         request = self.request
         protocol = self.protocol
-        return {
+        options = protocol.options
+        # The WebSocket scope is made from this one and maps the scheme to ws/wss itself.
+        origin = self.origin = resolve(protocol.client, request.headers,
+                                       scheme=protocol.scheme, server=protocol.server_addr,
+                                       trust=options.forwarded_trust)
+        # Invalid UTF-8 becomes U+FFFD: a surrogate escape is a str no app can encode.
+        path = unquote_to_bytes(request.path).decode("utf-8", "replace")
+        scope = {
             "type": "http",
             "asgi": dict(_ASGI),  # the app may change it: its own per request
             "http_version": "1.1" if request.version == b"1.1" else "1.0",
             "method": request.method.decode("latin-1"),
-            "scheme": protocol.options.url_scheme,
-            # Invalid UTF-8 becomes U+FFFD: a surrogate escape is a str no app can encode.
-            "path": unquote_to_bytes(request.path).decode("utf-8", "replace"),
+            "scheme": origin.scheme,
+            "path": path,  # the root path included, per the ASGI spec
             "raw_path": request.path,
             "query_string": request.query,
-            "root_path": "",
+            "root_path": split_root_path(path, options.root_path)[0],
             "headers": request.headers,
-            "client": protocol.client,
-            "server": protocol.server_addr,
+            "client": origin.client,
+            "server": origin.server,
             "state": protocol.server.state.copy(),
         }
+        if protocol.tls is not None:
+            scope["extensions"] = {"tls": dict(protocol.tls)}
+        return scope
 
     async def _run(self) -> None:
         try:
@@ -715,7 +834,8 @@ class _Cycle:
         access_log = self.protocol.options.access_log
         if access_log is None:
             return
-        remote = self.protocol.client[0] if self.protocol.client else "-"
+        client = self.origin.client if self.origin is not None else self.protocol.client
+        remote = client[0] if client else "-"
         access_log(access_log_line(remote, self.started, self.request, self.status, self.sent))
 
 

@@ -305,6 +305,33 @@ OPTIONS: Tuple[Option, ...] = (
            "WebSocket is closed, 0 for never", commands=S),
     Option("ws-drain-time", SECONDS, 3.0, "on an upgrade or stop, close WebSockets (1012 / "
            "1001) spread over this many seconds", commands=S),
+    # behind a proxy
+    Option("forwarded-allow-ips", _optional(TEXT), None,
+           "peers whose X-Forwarded-* / Forwarded headers are believed: addresses, networks, "
+           "unix, * (default: FORWARDED_ALLOW_IPS, else 127.0.0.1,::1,unix)", commands=S,
+           metavar="LIST"),
+    Option("proxy-protocol", FLAG, False,
+           "every connection starts with a PROXY protocol v1/v2 header (HAProxy send-proxy, "
+           "AWS NLB)", commands=S),
+    Option("proxy-allow-from", _optional(TEXT), None,
+           "peers allowed to send a PROXY header; others are closed (default: "
+           "127.0.0.1,::1,unix)", commands=S, metavar="LIST"),
+    Option("root-path", TEXT, "", "the URL path the application is mounted under (WSGI "
+           "SCRIPT_NAME, ASGI root_path)", commands=S, metavar="PATH"),
+    # TLS
+    Option("certfile", _optional(TEXT), None, "serve HTTPS with this PEM certificate (chain)",
+           commands=S, metavar="FILE"),
+    Option("keyfile", _optional(TEXT), None, "the PEM private key (default: in --certfile)",
+           commands=S, metavar="FILE"),
+    Option("keyfile-password", _optional(TEXT), None,
+           "the password of an encrypted --keyfile (better: GRACEFUL_KEYFILE_PASSWORD)",
+           commands=S, metavar="PASSWORD"),
+    Option("ca-certs", _optional(TEXT), None, "PEM CAs that sign client certificates",
+           commands=S, metavar="FILE"),
+    Option("cert-reqs", _choice("none", "optional", "required"), "none",
+           "ask for a client certificate (mTLS); needs --ca-certs", commands=S),
+    Option("ciphers", _optional(TEXT), None, "OpenSSL cipher list for TLS 1.2",
+           commands=S, metavar="LIST"),
     # handoff to an unrelated process
     Option("handoff-socket", _optional(TEXT), None,
            "serve a Unix socket (0600, or @abstract) from which an unrelated new process can "

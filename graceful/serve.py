@@ -140,6 +140,11 @@ def run(config: "Config") -> int:
         upgrader.close()
         raise
     interface = detect_interface(app) if config.interface == "auto" else config.interface
+    try:
+        edge = _edge_options(config)  # a bad certificate fails here, before ready(): rollback
+    except BaseException:
+        upgrader.close()
+        raise
     options = ServerOptions(header_timeout=config.header_timeout,
                             keepalive_timeout=config.keepalive_timeout,
                             body_timeout=config.body_timeout, ready_path=config.ready_path,
@@ -152,7 +157,8 @@ def run(config: "Config") -> int:
                             limits=Limits(max_request_line=config.max_request_line,
                                           max_header_bytes=config.max_header_bytes,
                                           max_headers=config.max_headers,
-                                          max_body=config.max_body))
+                                          max_body=config.max_body),
+                            **edge)
     listen_options = {"reuse_port": True} if config.reuse_port else {}
     log.info("serving %s (%s) on %s", config.app, interface.upper(), ", ".join(binds))
     if interface == "asgi":
@@ -164,6 +170,30 @@ def run(config: "Config") -> int:
 
     return WSGIServer(app, upgrader, binds, threads=config.threads, options=options,
                       **listen_options).serve()
+
+
+def _edge_options(config: "Config") -> Dict[str, Any]:
+    """ServerOptions for proxies and TLS: trust lists, PROXY protocol, root path, SSL context."""
+    from .http.forwarded import parse_root_path
+    from .http.trust import allow_list_text, parse_trust
+    from .tls import server_context
+
+    context = None
+    if config.certfile:
+        context = server_context(config.certfile, config.keyfile, config.keyfile_password,
+                                 config.ca_certs, config.cert_reqs, config.ciphers)
+    elif config.keyfile or config.ca_certs or config.cert_reqs != "none":
+        from .tls import TLSError
+
+        raise TLSError("--keyfile, --ca-certs and --cert-reqs need --certfile FILE")
+    proxy_allow = allow_list_text(config.proxy_allow_from, os.environ,
+                                  "GRACEFUL_PROXY_ALLOW_FROM")
+    return {"forwarded_trust": parse_trust(allow_list_text(config.forwarded_allow_ips,
+                                                           os.environ)),
+            "proxy_protocol": config.proxy_protocol,
+            "proxy_trust": parse_trust(proxy_allow),
+            "root_path": parse_root_path(config.root_path),
+            "ssl_context": context}
 
 
 def run_workers(config: "Config", reread: Optional[Callable[[], "Config"]] = None) -> int:
@@ -178,6 +208,7 @@ def run_workers(config: "Config", reread: Optional[Callable[[], "Config"]] = Non
 
     binds = _binds(config)
     _configure_logging(config)
+    _edge_options(config)  # a bad certificate or trust list: one line at first start, not N
     worker_command = [sys.executable, "-m", "graceful", "serve"]
 
     def worker_env(cfg: "Config") -> Dict[str, str]:

@@ -18,6 +18,7 @@ import os
 import queue
 import selectors
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -26,7 +27,11 @@ from urllib.parse import unquote_to_bytes
 
 from . import heartbeat, http11
 from .drain import accept_backlog, close_gently
+from .http.forwarded import Origin, resolve, split_root_path
+from .http.preamble import Preamble, PreambleError, client_used_tls
+from .http.proxy_protocol import effective_peer
 from .http11 import NEED_DATA, Body, EndOfMessage, HTTPError, Limits, Request, RequestParser
+from .tls import client_certificate, wsgi_environ
 from .upgrader import Upgrader
 from ._options import OUT_OF_RESOURCES, AcceptPause, ServerOptions, access_log_line, unsent_bytes
 
@@ -45,7 +50,7 @@ class _Conn:
     """A client connection and its parser; lives in the selector between requests."""
 
     __slots__ = ("sock", "parser", "peer", "server_addr", "unix", "since", "head_started",
-                 "lingering", "unsent", "served")
+                 "lingering", "unsent", "served", "preamble", "handshaking", "tls", "scheme")
 
     def __init__(self, sock: socket.socket, peer: Any, server_addr: Tuple[str, str], unix: bool,
                  limits: Limits) -> None:
@@ -59,6 +64,10 @@ class _Conn:
         self.lingering: Optional[float] = None  # closing: deadline for the client's last bytes
         self.unsent = 0  # the kernel still held this much of the last response at the last look
         self.served = False  # a request came on it: between requests it is idle keep-alive
+        self.preamble: Optional[Preamble] = None  # PROXY header / TLS sniff not read yet
+        self.handshaking = False  # the TLS handshake runs (in the selector loop, no thread)
+        self.tls: Optional[Dict[str, str]] = None  # environ keys of the TLS connection
+        self.scheme: Optional[str] = None  # https if a PROXY header says the client used TLS
 
 
 class WSGIServer:
@@ -225,6 +234,15 @@ class WSGIServer:
         if not unix:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn = _Conn(sock, peer, _server_address(listener), unix, self.options.limits)
+        options = self.options
+        if options.proxy_protocol and not options.proxy_trust.trusts(None if unix else peer[0]):
+            log.info("closed a connection from %s: not allowed to send a PROXY header "
+                     "(--proxy-allow-from)", _peer_text(conn))
+            self._linger(conn)
+            return
+        if options.proxy_protocol or options.ssl_context is not None:
+            conn.preamble = Preamble(options.proxy_protocol, options.ssl_context is not None)
+            conn.head_started = conn.since  # the header timeout covers preamble and handshake
         self._park(conn)
 
     def _park(self, conn: _Conn) -> None:
@@ -240,9 +258,17 @@ class WSGIServer:
             pass
 
     def _on_readable(self, conn: _Conn) -> None:
+        if conn.lingering is None and conn.preamble is not None:
+            self._advance_preamble(conn)
+            return
+        if conn.lingering is None and conn.handshaking:
+            self._handshake(conn)
+            return
         try:
             data = conn.sock.recv(_RECV)
-        except (BlockingIOError, InterruptedError):
+            while _tls_pending(conn.sock) and len(data) < _RECV:
+                data += conn.sock.recv(_RECV)  # decrypted already: the selector cannot see it
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return
         except OSError:
             data = b""
@@ -258,6 +284,69 @@ class WSGIServer:
         conn.since = time.monotonic()
         conn.parser.feed(data)
         self._dispatch(conn)
+
+    def _advance_preamble(self, conn: _Conn) -> None:
+        """The PROXY header and the TLS sniff, as bytes arrive; then TLS or HTTP."""
+        assert conn.preamble is not None
+        try:
+            done = conn.preamble.step(conn.sock)
+        except PreambleError as exc:
+            log.info("closed a connection from %s: %s", _peer_text(conn), exc)
+            if exc.response:
+                try:
+                    conn.sock.send(exc.response)
+                except OSError:
+                    pass
+            self._linger(conn)
+            return
+        except OSError:
+            self._forget(conn)
+            conn.sock.close()
+            return
+        if not done:
+            return
+        header, conn.preamble = conn.preamble.header, None
+        if header is not None:
+            conn.peer = effective_peer(header, None if conn.unix else conn.peer)
+            conn.unix = conn.peer is None
+            if client_used_tls(header):
+                conn.scheme = "https"
+        context = self.options.ssl_context
+        if context is None:
+            self._on_readable(conn)  # the request may be in already
+            return
+        self._forget(conn)  # the SSLSocket takes the fd over: register it instead
+        conn.sock = context.wrap_socket(conn.sock, server_side=True,
+                                        do_handshake_on_connect=False)
+        conn.handshaking = True
+        self._park(conn)
+        self._handshake(conn)
+
+    def _handshake(self, conn: _Conn) -> None:
+        """One step of the TLS handshake, without blocking: it waits in the selector."""
+        sock: ssl.SSLSocket = conn.sock  # type: ignore[assignment]
+        try:
+            sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._watch(conn, selectors.EVENT_READ)
+            return
+        except ssl.SSLWantWriteError:
+            self._watch(conn, selectors.EVENT_WRITE)
+            return
+        except OSError as exc:  # ssl.SSLError included: a bad client, or not TLS after all
+            log.info("TLS handshake with %s failed: %s", _peer_text(conn), exc)
+            self._forget(conn)
+            conn.sock.close()
+            return
+        conn.handshaking = False
+        conn.tls = wsgi_environ(client_certificate(sock))
+        self._watch(conn, selectors.EVENT_READ)
+        if sock.pending():
+            self._on_readable(conn)
+
+    def _watch(self, conn: _Conn, events: int) -> None:
+        if self._selector.get_key(conn.sock).events != events:
+            self._selector.modify(conn.sock, events, conn)
 
     def _dispatch(self, conn: _Conn) -> None:
         """Hand the connection to a worker once a whole request head is in."""
@@ -309,6 +398,8 @@ class WSGIServer:
                 continue
             conn.since = time.monotonic()
             self._park(conn)
+            if _tls_pending(conn.sock):
+                self._on_readable(conn)  # a pipelined request, decrypted but not parsed yet
 
     def _expire(self, now: float) -> None:
         options = self.options
@@ -321,7 +412,14 @@ class WSGIServer:
                     self._forget(conn)
                     conn.sock.close()
             elif conn.head_started is not None:
-                if now - conn.head_started > options.header_timeout:
+                if now - conn.head_started <= options.header_timeout:
+                    continue
+                if conn.preamble is not None or conn.handshaking:
+                    log.info("closed a connection from %s: no %s in time", _peer_text(conn),
+                             "PROXY header" if conn.preamble is not None else "TLS handshake")
+                    self._forget(conn)
+                    conn.sock.close()
+                else:
                     self._refuse(conn, HTTPError(408, "request head not received in time"))
             elif now - conn.since > options.keepalive_timeout:
                 if not self._still_delivering(conn):
@@ -402,6 +500,7 @@ class _Exchange:
         self.keep_alive = request.keep_alive
         self.input = _Input(conn, request, server.options.body_timeout)
         self.started = time.time()
+        self.origin: Optional[Origin] = None  # who the request is from, behind any proxy
 
     def run(self) -> bool:
         """Serve the request; True if the connection may carry another one."""
@@ -488,18 +587,24 @@ class _Exchange:
 
     def _environ(self) -> Dict[str, Any]:
         request, conn = self.request, self.conn
+        options = self.server.options
+        port = conn.server_addr[1]
+        origin = self.origin = resolve(None if conn.unix else conn.peer, request.headers,
+                                       scheme=conn.scheme or options.url_scheme,
+                                       server=(conn.server_addr[0], int(port) if port else None),
+                                       trust=options.forwarded_trust)
         environ: Dict[str, Any] = {
             "REQUEST_METHOD": request.method.decode("latin-1"),
             "SCRIPT_NAME": "",
             "PATH_INFO": unquote_to_bytes(request.path).decode("latin-1"),
             "QUERY_STRING": request.query.decode("latin-1"),
             "RAW_URI": request.target.decode("latin-1"),
-            "SERVER_NAME": conn.server_addr[0],
-            "SERVER_PORT": conn.server_addr[1],
+            "SERVER_NAME": origin.server[0] if origin.server else conn.server_addr[0],
+            "SERVER_PORT": str(origin.server[1] or "") if origin.server else "",
             "SERVER_PROTOCOL": "HTTP/" + request.version.decode(),
-            "REMOTE_ADDR": "" if conn.unix else conn.peer[0],
+            "REMOTE_ADDR": origin.client[0] if origin.client else "",
             "wsgi.version": (1, 0),
-            "wsgi.url_scheme": self.server.options.url_scheme,
+            "wsgi.url_scheme": origin.scheme,
             "wsgi.input": self.input,
             "wsgi.errors": sys.stderr,
             "wsgi.multithread": True,
@@ -508,8 +613,13 @@ class _Exchange:
             "wsgi.input_terminated": True,
             "wsgi.file_wrapper": FileWrapper,
         }
-        if not conn.unix:
-            environ["REMOTE_PORT"] = str(conn.peer[1])
+        if origin.client and origin.client[1]:
+            environ["REMOTE_PORT"] = str(origin.client[1])
+        if options.root_path:
+            environ["SCRIPT_NAME"], environ["PATH_INFO"] = split_root_path(
+                environ["PATH_INFO"], options.root_path)
+        if conn.tls is not None:
+            environ.update(conn.tls)
         for name, value in request.headers:
             if b"_" in name:
                 continue  # CGI would turn "-" and "_" alike into "_": a spoofing vector
@@ -522,6 +632,8 @@ class _Exchange:
             environ[key] = environ[key] + "," + text if key in environ else text
         if request.chunked:
             environ.pop("HTTP_TRANSFER_ENCODING", None)
+        if origin.host is not None:
+            environ["HTTP_HOST"] = origin.host
         return environ
 
     def _start_response(self, status: str, headers: List[Tuple[str, str]],
@@ -627,7 +739,10 @@ class _Exchange:
         access_log = self.server.options.access_log
         if access_log is None:
             return
-        remote = "-" if self.conn.unix else self.conn.peer[0]
+        if self.origin is not None:
+            remote = self.origin.client[0] if self.origin.client else "-"
+        else:
+            remote = "-" if self.conn.unix else self.conn.peer[0]
         status = self.status[:3] if self.status else "-"
         access_log(access_log_line(remote, self.started, self.request, status, self.sent))
 
@@ -802,6 +917,11 @@ def _server_address(listener: socket.socket) -> Tuple[str, str]:
     if isinstance(name, bytes):
         name = "@" + name[1:].decode("utf-8", "replace") if name[:1] == b"\0" else name.decode()
     return str(name) or "localhost", ""
+
+
+def _tls_pending(sock: socket.socket) -> int:
+    """Decrypted bytes waiting inside a TLS socket, where no selector sees them."""
+    return sock.pending() if isinstance(sock, ssl.SSLSocket) else 0
 
 
 def _peer_text(conn: _Conn) -> str:
