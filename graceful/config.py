@@ -194,7 +194,7 @@ class Option:
     def __init__(self, name: str, kind: Kind, default: Any, help: str, *,
                  commands: FrozenSet[str] = BOTH, short: Optional[str] = None,
                  repeat: bool = False, positional: bool = False,
-                 metavar: Optional[str] = None) -> None:
+                 metavar: Optional[str] = None, secret: bool = False) -> None:
         self.name = name
         self.kind = kind
         self.default = default
@@ -204,6 +204,7 @@ class Option:
         self.repeat = repeat
         self.positional = positional
         self.metavar = metavar or kind.metavar
+        self.secret = secret  # never printed (--print-config shows that it is set)
 
     @property
     def attr(self) -> str:
@@ -325,7 +326,7 @@ OPTIONS: Tuple[Option, ...] = (
            commands=S, metavar="FILE"),
     Option("keyfile-password", _optional(TEXT), None,
            "the password of an encrypted --keyfile (better: GRACEFUL_KEYFILE_PASSWORD)",
-           commands=S, metavar="PASSWORD"),
+           commands=S, metavar="PASSWORD", secret=True),
     Option("ca-certs", _optional(TEXT), None, "PEM CAs that sign client certificates",
            commands=S, metavar="FILE"),
     Option("cert-reqs", _choice("none", "optional", "required"), "none",
@@ -503,13 +504,19 @@ class Config:
     def format(self) -> str:
         """Every effective value as an INI file, each with its source as a comment."""
         lines = [f"[{SECTION}]"]
-        rows = [(option.name, option.show(self._values[option.attr]),
+        rows = [(option.name, _shown(option, self._values[option.attr]),
                  self._sources[option.attr]) for option in options_for(self.subcommand)]
         width = max(len(f"{name} = {value}") for name, value, _ in rows)
         for name, value, source in rows:
             entry = f"{name} = {value}".rstrip()
             lines.append(f"{entry.ljust(width)}  ; {source}")
         return "\n".join(lines)
+
+
+def _shown(option: Option, value: Any) -> str:
+    if option.secret and value:
+        return "(set, not shown)"
+    return option.show(value)
 
 
 def _strip_dashes(command: List[str]) -> List[str]:

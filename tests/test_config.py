@@ -149,3 +149,10 @@ def test_garbage_in_the_environment_only_ever_gives_a_config_error(env):
         Config.load("run", _args("run", []), env)
     except ConfigError as exc:
         assert "\n" not in str(exc)
+
+
+def test_print_config_never_shows_the_key_password():
+    cfg = Config.load("serve", _args("serve", ["x:app"]), {"GRACEFUL_KEYFILE_PASSWORD": "hunter2"})
+    assert cfg.keyfile_password == "hunter2"
+    text = cfg.format()
+    assert "hunter2" not in text and "keyfile-password = (set, not shown)" in text

@@ -321,6 +321,8 @@ def test_websockets_over_tls(procs, tmp_path, certs):
             size = int.from_bytes(take(2), "big")
         scope = json.loads(take(size))
     assert scope["scheme"] == "wss"
+    assert scope["extensions"]["tls"]["tls_version"] in (0x0303, 0x0304)  # the http scope's, kept
+    assert "websocket.http.response" in scope["extensions"]
 
 
 @pytest.mark.parametrize("app", APPS)

@@ -426,7 +426,8 @@ def _websocket_scope(http_scope: Dict[str, Any], subprotocols: List[str]) -> Dic
     scope.pop("method", None)
     scope.update(type="websocket", asgi=dict(_ASGI),
                  scheme="wss" if http_scope.get("scheme") == "https" else "ws",
-                 subprotocols=subprotocols, extensions={"websocket.http.response": {}})
+                 subprotocols=subprotocols,
+                 extensions={**http_scope.get("extensions", {}), "websocket.http.response": {}})
     return scope
 
 
