@@ -21,11 +21,21 @@ def make_certificates(directory: str) -> Dict[str, str]:
     if shutil.which("openssl") is None:
         pytest.skip("openssl is not installed (.ci/run installs Debian's openssl)")
     d = directory
+    # The extensions RFC 5280 asks for: Python 3.13 verifies strictly (VERIFY_X509_STRICT) and
+    # refuses a CA without keyUsage or a leaf without an authority key identifier.
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-             "/CN=graceful test CA", "-keyout", "ca.key", "-out", "ca.pem", cwd=d)
+             "/CN=graceful test CA", "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+             "-addext", "subjectKeyIdentifier=hash",
+             "-keyout", "ca.key", "-out", "ca.pem", cwd=d)
     ext = os.path.join(d, "san.ext")
     with open(ext, "w") as f:
-        f.write("subjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost\n")
+        f.write("subjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost\n"
+                "basicConstraints=critical,CA:FALSE\n"
+                "keyUsage=critical,digitalSignature,keyEncipherment\n"
+                "extendedKeyUsage=serverAuth,clientAuth\n"
+                "subjectKeyIdentifier=hash\n"
+                "authorityKeyIdentifier=keyid,issuer\n")
     for name, cn in (("server", "graceful server one"), ("server2", "graceful server two"),
                      ("client", "graceful client")):
         _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/O=graceful/CN={cn}",
