@@ -77,8 +77,71 @@ def _servers(port: int) -> Dict[str, dict]:
 
 # The ratios the project tracks (issue 12): graceful over each of these, in the same run.
 RATIOS = (("graceful ASGI", "bare asyncio Protocol (ceiling)", 0.8),
+          ("graceful WSGI (TLS), keep-alive", "gunicorn gthread (4 threads, TLS), keep-alive", 1.0),
+          ("graceful WSGI (TLS), new connection",
+           "gunicorn gthread (4 threads, TLS), new connection", 1.0),
+          ("graceful ASGI (TLS), keep-alive", "uvicorn httptools (TLS), keep-alive", 1.0),
+          ("graceful ASGI (TLS), new connection", "uvicorn httptools (TLS), new connection", 1.0),
           ("graceful ASGI", "uvicorn httptools uvloop", 1.0),
           ("graceful WSGI", "gunicorn gthread (4 threads)", 3.0))
+
+
+def _https_servers(port: int, cert: str, key: str) -> Dict[str, dict]:
+    """The same apps over TLS (the certificate made by openssl at the start of the run)."""
+    bind = f"127.0.0.1:{port}"
+    serve = [PY, "-m", "graceful", "serve", "--bind", f"web={bind}", "--log-level", "warning",
+             "--certfile", cert, "--keyfile", key]
+    return {
+        "graceful WSGI (TLS)": {"cmd": serve + ["apps.py:wsgi"], "kind": "wsgi"},
+        "graceful ASGI (TLS)": {"cmd": serve + ["apps.py:asgi"], "kind": "asgi"},
+        "gunicorn gthread (4 threads, TLS)": {
+            "module": "gunicorn", "kind": "wsgi",
+            "cmd": [PY, "-m", "gunicorn", "-k", "gthread", "--threads", "4", "-w", "1", "-b",
+                    bind, "--certfile", cert, "--keyfile", key, "apps:wsgi"]},
+        "uvicorn httptools (TLS)": {
+            "module": "httptools", "kind": "asgi",
+            "cmd": [PY, "-m", "uvicorn", "--loop", "asyncio", "--http", "httptools", "--port",
+                    str(port), "--log-level", "warning", "--ssl-certfile", cert,
+                    "--ssl-keyfile", key, "apps:asgi"]},
+    }
+
+
+def _make_certificate(directory: str) -> tuple:
+    cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-keyout", key, "-out", cert],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+def _https_rows(args, only) -> Dict[str, dict]:
+    """Each TLS server with keep-alive connections and with a new connection per request."""
+    import tempfile
+
+    if not shutil.which("wrk") or not shutil.which("openssl"):
+        print("https: needs wrk and openssl; skipped", file=sys.stderr)
+        return {}
+    rows: Dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as directory:
+        cert, key = _make_certificate(directory)
+        for name, spec in _https_servers(0, cert, key).items():
+            if only and not any(o.lower() in name.lower() for o in only):
+                continue
+            if "module" in spec and importlib.util.find_spec(spec["module"]) is None:
+                rows[name] = {"kind": spec["kind"], "status": "not installed"}
+                continue
+            port = _free_port()
+            proc = _start(_https_servers(port, cert, key)[name]["cmd"], port, tls=True)
+            try:
+                for mode, close in (("keep-alive", False), ("new connection", True)):
+                    rows[f"{name}, {mode}"] = {"kind": spec["kind"], "status": "ok",
+                                               **_wrk(port, args.duration, args.connections,
+                                                      https=True, close=close)}
+                    print(f"{name}, {mode}: {rows[f'{name}, {mode}']['rps']} req/s",
+                          file=sys.stderr)
+            finally:
+                _stop(proc)
+    return rows
 
 
 def _free_port() -> int:
@@ -87,21 +150,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _answers(port: int) -> bool:
+def _answers(port: int, tls: bool = False) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            if tls:
+                import ssl
+
+                context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+                s = context.wrap_socket(s)
             s.sendall(b"GET / HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
             return s.recv(12).startswith(b"HTTP/1.1 200")
     except OSError:
         return False
 
 
-def _start(cmd: List[str], port: int) -> subprocess.Popen:
+def _start(cmd: List[str], port: int, tls: bool = False) -> subprocess.Popen:
     proc = subprocess.Popen(cmd, cwd=HERE, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and proc.poll() is None:
-        if _answers(port):
+        if _answers(port, tls):
             return proc
         time.sleep(0.05)  # poll interval of a bounded start-up wait
     _stop(proc)
@@ -116,10 +186,13 @@ def _stop(proc: subprocess.Popen) -> None:
     proc.wait(30)
 
 
-def _wrk(port: int, duration: float, connections: int) -> dict:
+def _wrk(port: int, duration: float, connections: int, https: bool = False,
+         close: bool = False) -> dict:
+    extra = ["-H", "Connection: close"] if close else []
+    scheme = "https" if https else "http"
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency",
-                          f"http://127.0.0.1:{port}/"], capture_output=True, text=True,
-                         timeout=duration + 60).stdout
+                          *extra, f"{scheme}://127.0.0.1:{port}/"], capture_output=True,
+                         text=True, timeout=duration + 60).stdout
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: (.*)", out)
@@ -203,6 +276,7 @@ def main() -> int:
                         help="idle keep-alive connections for the idle test (0 to skip)")
     parser.add_argument("--only", action="append", help="run only servers whose name contains this")
     parser.add_argument("--json", default=os.path.join(HERE, "results", "throughput.json"))
+    parser.add_argument("--no-https", action="store_true", help="skip the TLS rows")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = min(hard, max(soft, 2 * args.idle + 1024))
@@ -228,6 +302,8 @@ def main() -> int:
         finally:
             _stop(proc)
         print(f"{name}: {results[name]['rps']} req/s", file=sys.stderr)
+    if not args.no_https:
+        results.update(_https_rows(args, args.only))
     idle = {}
     if args.idle:
         for name in ("graceful WSGI", "graceful ASGI"):
@@ -246,17 +322,18 @@ def main() -> int:
 
 
 def _table(results: Dict[str, dict], idle: Dict[str, dict]) -> str:
-    lines = [f"{'server':34} {'req/s':>8} {'p50':>9} {'p99':>9}  ratio"]
+    lines = [f"{'server':48} {'req/s':>8} {'p50':>9} {'p99':>9}  ratio"]
     for kind in ("wsgi", "asgi"):
         ours = results.get(f"graceful {kind.upper()}", {}).get("rps")
         for name, r in results.items():
             if r["kind"] != kind:
                 continue
             if r["status"] != "ok":
-                lines.append(f"{name:34} {'not installed':>8}")
+                lines.append(f"{name:48} {'not installed':>8}")
                 continue
-            ratio = f"{ours / r['rps']:.2f}x" if ours and not name.startswith("graceful") else ""
-            lines.append(f"{name:34} {r['rps']:>8} {_ms(r['p50_ms']):>9} {_ms(r['p99_ms']):>9}  "
+            plain = not name.startswith("graceful") and "TLS" not in name
+            ratio = f"{ours / r['rps']:.2f}x" if ours and plain else ""
+            lines.append(f"{name:48} {r['rps']:>8} {_ms(r['p50_ms']):>9} {_ms(r['p99_ms']):>9}  "
                          f"{ratio}")
     for ours_name, peer, goal in RATIOS:
         ours, theirs = results.get(ours_name, {}), results.get(peer, {})
