@@ -357,10 +357,10 @@ class Server:
                        or self.count("reload failed") > failed, timeout, 0.02)
             return self.count("is serving (workers") > done
         old = self.pid()
-        rolled = self.count("upgrade rolled back")
+        failed = self.count("upgrade not done")
         os.kill(old, signal.SIGHUP)
         wait_until(lambda: self.pid() not in (None, old)
-                   or self.count("upgrade rolled back") > rolled, timeout, 0.02)
+                   or self.count("upgrade not done") > failed, timeout, 0.02)
         return self.pid() not in (None, old)
 
     def start_takeover(self) -> subprocess.Popen:
@@ -422,7 +422,7 @@ class PidfileWatch:
 # -- faults: each acts on a loaded server and returns notes on what it did ---------------------
 
 
-def _random_moment(low: float = 0.0, high: float = 0.8) -> None:
+def _random_moment(low: float = 0.0, high: float = 0.4) -> None:
     time.sleep(random.uniform(low, high))  # the fault's moment, chosen at random on purpose
 
 
@@ -522,21 +522,26 @@ def _broken_deploy(how: str) -> Callable[[Server, int], List[str]]:
 
 
 def fault_fd_exhaustion(server: Server, rounds: int) -> List[str]:
-    """Under RLIMIT_NOFILE 128, 160 idle connections exhaust the server's fds; then an upgrade."""
+    """Under RLIMIT_NOFILE 128, 160 idle connections exhaust the server's fds and it is upgraded:
+    the upgrade may fail (it needs fds), but cleanly, with a logged reason and no traceback;
+    once the connections are gone, an upgrade succeeds."""
     notes = []
     for _ in range(rounds):
+        emfile = server.count("Too many open files")
         idle = []
         for _ in range(160):
             try:
                 idle.append(socket.create_connection(("127.0.0.1", server.port), timeout=5))
             except OSError:
                 break
-        _random_moment(0.5, 1.0)
+        if not wait_until(lambda: server.count("Too many open files") > emfile, 10.0, 0.02):
+            notes.append("the server never ran out of fds")
         upgraded = server.upgrade()
+        notes.append(f"upgrade under exhaustion {'done' if upgraded else 'refused'}")
         for sock in idle:
             sock.close()
-        if not upgraded:
-            notes.append("VIOLATION: upgrade under fd exhaustion did not complete")
+        if not server.upgrade():
+            notes.append("VIOLATION: no upgrade after the connections closed")
     return notes
 
 
@@ -645,6 +650,7 @@ class CellResult:
     mode: str
     requests: int = 0
     failed: int = 0
+    kills: int = 0  # processes killed or stopped by the fault
     causes: Dict[str, int] = field(default_factory=lambda: {"killed": 0, "other": 0})
     violations: List[str] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
@@ -661,7 +667,7 @@ class CellResult:
 
     def to_dict(self) -> dict:
         return {"fault": self.fault, "mode": self.mode, "requests": self.requests,
-                "failed": self.failed, "failed_by_cause": dict(self.causes),
+                "failed": self.failed, "kills": self.kills, "failed_by_cause": dict(self.causes),
                 "passed": self.passed, "violations": list(self.violations),
                 "notes": list(self.notes), "error_samples": list(self.samples),
                 "seconds": round(self.seconds, 1)}
@@ -713,9 +719,13 @@ def _check_cell(server: Server, spec: dict, rounds: int, load_seconds: float,
         load.stop()
         worst_gap = watch.stop()
     result.requests, result.failed = load.total, len(load.failures)
+    result.kills = len(server.killed)
     result.causes = attribute(load.failures, server.killed)
     result.samples = [f"{f.kind} (pid {f.pid}): {f.detail}" for f in load.failures[:10]]
     result.violations.extend(n for n in result.notes if n.startswith("VIOLATION"))
+    if unexpected_tracebacks(server.log()):
+        result.violations.append("a traceback in the server's log: "
+                                 + unexpected_tracebacks(server.log())[0][-300:])
     if result.causes["other"]:
         result.violations.append(f"{result.causes['other']} failed requests not caused by a kill")
     if worst_gap > 1.0:
@@ -758,6 +768,19 @@ def _check_settled(server: Server, master: bool, first: int, base_fds: int, base
     busy = idle_cpu_share(server.group())
     if busy > 0.2:
         result.violations.append(f"spinning: {busy:.0%} of a core while idle")
+
+
+def unexpected_tracebacks(log: str) -> List[str]:
+    """Tracebacks in a server log other than those of the deploys broken on purpose."""
+    found = []
+    for chunk in log.split("Traceback (most recent call last)")[1:]:
+        lines = chunk.splitlines()
+        end = next((i for i, line in enumerate(lines[1:], 1) if line[:1] not in (" ", "")
+                    and ":" in line), len(lines) - 1)
+        error = "\n".join(lines[:end + 1])
+        if "chaos: a deploy" not in error:
+            found.append(error)
+    return found
 
 
 def idle_cpu_share(pids: List[int], window: float = 1.5) -> float:
