@@ -363,7 +363,11 @@ class Upgrader:
             )
 
     def _start_successor(self) -> int:
-        read_fd, write_fd = os.pipe()
+        try:
+            read_fd, write_fd = os.pipe()
+        except OSError as exc:  # EMFILE under fd exhaustion: a failed upgrade, not a crash
+            raise UpgradeError(f"cannot create the readiness pipe: {exc.strerror}; raise the "
+                               "open files limit (ulimit -n) or retry once load drops") from None
         try:
             child = self._spawn(write_fd)
         except BaseException:
