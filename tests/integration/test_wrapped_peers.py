@@ -29,7 +29,7 @@ import os, time
 
 def app(environ, start_response):
     if environ["PATH_INFO"] == "/slow":
-        time.sleep(0.2)  # a request in flight across the reload
+        time.sleep(0.2)  # sleep-ok: the app's slow request, in flight across the reload
     body = b"%d\\n" % os.getpid()
     start_response("200 OK", [("Content-Length", str(len(body)))])
     return [body]
@@ -62,7 +62,7 @@ def _wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
         value = predicate()
         if value:
             return value
-        time.sleep(0.05)  # poll interval of a bounded wait
+        time.sleep(0.05)  # sleep-ok: poll interval of a bounded wait
     raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
 
 
