@@ -377,6 +377,7 @@ class _HttpProtocol(asyncio.Protocol):
         self.written = 0  # bytes given to the transport
         self.delivered = 0  # of those, bytes the client has taken (acknowledged)
         self.delivered_at = 0.0  # loop time the client last took some
+        self.plain_origin: Optional[Origin] = None  # for requests without forwarded headers
 
     # -- connection events ----------------------------------------------------------------------
 
@@ -481,6 +482,18 @@ class _HttpProtocol(asyncio.Protocol):
             self._advance()
         if self.cycle is None and not self.closing:
             self._idle()
+
+    def origin(self, request: Request) -> Origin:
+        """Who ``request`` is from: the connection's own origin unless it carries forwarded
+        headers (that one is worked out once per connection)."""
+        if request.forwarded:
+            return resolve(self.client, request.headers, scheme=self.scheme,
+                           server=self.server_addr, trust=self.options.forwarded_trust)
+        if self.plain_origin is None:
+            self.plain_origin = resolve(self.client, [], scheme=self.scheme,
+                                        server=self.server_addr,
+                                        trust=self.options.forwarded_trust)
+        return self.plain_origin
 
     def _idle(self) -> None:
         self.idle_since = self.loop.time()
@@ -661,11 +674,11 @@ class _Cycle:
         protocol = self.protocol
         options = protocol.options
         # The WebSocket scope is made from this one and maps the scheme to ws/wss itself.
-        origin = self.origin = resolve(protocol.client, request.headers,
-                                       scheme=protocol.scheme, server=protocol.server_addr,
-                                       trust=options.forwarded_trust)
+        origin = self.origin = protocol.origin(request)
+        raw_path = request.path
         # Invalid UTF-8 becomes U+FFFD: a surrogate escape is a str no app can encode.
-        path = unquote_to_bytes(request.path).decode("utf-8", "replace")
+        path = (unquote_to_bytes(raw_path) if b"%" in raw_path else raw_path).decode(
+            "utf-8", "replace")
         scope = {
             "type": "http",
             "asgi": dict(_ASGI),  # the app may change it: its own per request
@@ -675,7 +688,7 @@ class _Cycle:
             "path": path,  # the root path included, per the ASGI spec
             "raw_path": request.path,
             "query_string": request.query,
-            "root_path": split_root_path(path, options.root_path)[0],
+            "root_path": split_root_path(path, options.root_path)[0] if options.root_path else "",
             "headers": request.headers,
             "client": origin.client,
             "server": origin.server,

@@ -68,7 +68,7 @@ class Request:
     """
 
     __slots__ = ("method", "target", "path", "query", "version", "headers", "keep_alive",
-                 "expect_continue", "content_length", "chunked", "upgrade", "host")
+                 "expect_continue", "content_length", "chunked", "upgrade", "host", "forwarded")
 
     def __init__(self, method: bytes, target: bytes, path: bytes, query: bytes, version: bytes,
                  headers: Headers, keep_alive: bool, expect_continue: bool,
@@ -85,6 +85,9 @@ class Request:
         self.chunked = chunked
         self.upgrade: Optional[bytes] = None  # the Upgrade header, lower-cased, if any
         self.host: Optional[bytes] = None
+        # It carries a Forwarded or X-Forwarded-* field: only then is graceful.http.forwarded
+        # worth asking (servers cache the answer per connection otherwise).
+        self.forwarded = False
 
     @property
     def has_body(self) -> bool:
@@ -140,6 +143,13 @@ _METHOD_RUN = re.compile(b"[" + _TCHAR + b"]*").match
 _TARGET_RUN = re.compile(b"[" + _TARGET_CHAR + b"]*").match
 _VERSION_LINE = re.compile(rb"HTTP/[0-9]\.[0-9]\r\n").match
 _REQUEST_LINE = re.compile(b"([" + _TCHAR + b"]+) ([" + _TARGET_CHAR + rb"]+) HTTP/[0-9]\.[0-9]\r\n").match
+# The common request's whole head in one match: a request line, field lines whose names are
+# tokens and whose values hold only visible bytes, spaces and tabs, and the blank line. Anything
+# else (a head not all here yet, a folded line, a control byte) takes the incremental scan,
+# which finds and names the error. Every repetition stops at a byte it cannot take, so the
+# match is linear in the head.
+_WHOLE_HEAD = re.compile(b"([" + _TCHAR + b"]+) ([" + _TARGET_CHAR + rb"]+) (HTTP/[0-9]\.[0-9])\r\n"
+                         rb"((?:[" + _TCHAR + rb"]+:[\t\x20-\x7e\x80-\xff]*\r\n)*)\r\n").match
 _VERSION_PREFIX = re.compile(rb"(?:H(?:T(?:T(?:P(?:/(?:[0-9](?:\.(?:[0-9]\r?)?)?)?)?)?)?)?)?").fullmatch
 
 # Host = uri-host [ ":" port ] (RFC 9110 7.2, RFC 3986 3.2.2): an IP-literal in brackets or a
@@ -222,6 +232,9 @@ class RequestParser:
                 del buf[:2]
             if buf == b"\r":
                 return NEED_DATA
+            request = self._whole_head()
+            if request is not None:
+                return request
         if self._part != _FIELDS and not self._scan_request_line():
             return NEED_DATA
         fields_start = self._line_end
@@ -235,6 +248,33 @@ class RequestParser:
             raise HTTPError(431, "request header fields too large")
         request = self._build_request(bytes(buf[:end]))
         del buf[:end]
+        return self._started(request)
+
+    def _whole_head(self) -> Optional[Request]:
+        """The request, if a complete well-formed head within the limits is buffered: one
+        match instead of the scan (tried once per head, so it adds at most one pass)."""
+        match = _WHOLE_HEAD(self._buf)
+        if match is None:
+            self._examined += len(self._buf)
+            return None
+        end = match.end()
+        self._examined += end
+        line_end = match.end(3) + 2
+        limits = self.limits
+        if line_end - 2 > limits.max_request_line or end - line_end > limits.max_header_bytes + 2:
+            return None  # the scan says which limit
+        method, target = match.group(1), match.group(2)
+        version = _version(match.group(3))  # in _build_request's order, so errors agree
+        fields = match.group(4)
+        headers = _parse_fields(fields[:-2].split(b"\r\n") if fields else [], limits)
+        if method == b"CONNECT":
+            raise HTTPError(501, "CONNECT is not supported")
+        path, query, authority = _split_target(target, method)
+        request = _frame(method, target, path, query, version, headers, authority, limits)
+        del self._buf[:end]
+        return self._started(request)
+
+    def _started(self, request: Request) -> Request:
         self._scan = 0
         self.request = request
         self._body_seen = 0
@@ -543,6 +583,7 @@ def _frame(method: bytes, target: bytes, path: bytes, query: bytes, version: byt
     connection: List[bytes] = []
     expect: List[bytes] = []
     upgrade: Optional[bytes] = None
+    forwarded = False
     host_at = -1
     for index, (name, value) in enumerate(headers):
         if name == b"content-length":
@@ -565,6 +606,8 @@ def _frame(method: bytes, target: bytes, path: bytes, query: bytes, version: byt
             expect.append(value)
         elif name == b"upgrade":
             upgrade = value.lower()
+        elif name in _FORWARDED_FIELDS:
+            forwarded = True
     chunked = False
     if transfer_encodings:
         if content_length is not None:
@@ -589,7 +632,12 @@ def _frame(method: bytes, target: bytes, path: bytes, query: bytes, version: byt
                       content_length, chunked)
     request.upgrade = upgrade
     request.host = host
+    request.forwarded = forwarded
     return request
+
+
+_FORWARDED_FIELDS = frozenset((b"forwarded", b"x-forwarded-for", b"x-forwarded-proto",
+                               b"x-forwarded-host", b"x-forwarded-port"))
 
 
 def _take_authority(headers: Headers, host_at: int, authority: bytes, target: bytes) -> bytes:

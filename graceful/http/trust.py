@@ -24,7 +24,7 @@ the default).
 from __future__ import annotations
 
 import ipaddress
-from typing import List, Mapping, Optional, Union
+from typing import Dict, List, Mapping, Optional, Union
 
 from ..errors import GracefulError
 
@@ -46,13 +46,16 @@ class TrustListError(GracefulError, ValueError):
 class Trust:
     """A parsed allow-list; ``trusts(peer)`` says whether a peer may speak for its clients."""
 
-    __slots__ = ("text", "everyone", "unix", "_networks")
+    __slots__ = ("text", "everyone", "unix", "_networks", "_known")
 
     def __init__(self, networks: List[_Network], unix: bool, everyone: bool, text: str) -> None:
         self.text = text
         self.everyone = everyone
         self.unix = unix or everyone
         self._networks = tuple(networks)
+        # Answers for peers seen before: parsing an address costs more than the rest of a
+        # request's origin. Bounded, since header text (X-Forwarded-For hops) is asked too.
+        self._known: Dict[str, bool] = {}
 
     def trusts(self, peer: Optional[str]) -> bool:
         """Whether ``peer`` is on the list: an IPv4 or IPv6 address text, or None or "" for a
@@ -64,11 +67,19 @@ class Trust:
             return self.unix
         if not isinstance(peer, str):
             return False  # ip_address() would read 4 or 16 bytes as a packed address
-        return any(address in network for address in _addresses(peer)
-                   for network in self._networks if network.version == address.version)
+        known = self._known.get(peer)
+        if known is None:
+            known = any(address in network for address in _addresses(peer)
+                        for network in self._networks if network.version == address.version)
+            if len(self._known) < _KNOWN_PEERS:
+                self._known[peer] = known
+        return known
 
     def __repr__(self) -> str:
         return f"Trust({self.text!r})"
+
+
+_KNOWN_PEERS = 4096
 
 
 def parse_trust(text: str) -> Trust:
