@@ -580,6 +580,12 @@ class _HttpProtocol(asyncio.Protocol):
 class _Cycle:
     """One request/response exchange with the application."""
 
+    __slots__ = ("protocol", "request", "chunks", "buffered", "paused_reading", "body_complete",
+                 "received", "body_at", "reading_off", "final_sent", "gone", "waiters",
+                 "continue_pending", "response_started", "response_complete", "headers", "head",
+                 "status", "no_body", "chunked", "length", "sent", "keep_alive", "started",
+                 "origin")
+
     def __init__(self, protocol: _HttpProtocol, request: Request) -> None:
         self.protocol = protocol
         self.request = request
@@ -681,7 +687,7 @@ class _Cycle:
             "utf-8", "replace")
         scope = {
             "type": "http",
-            "asgi": dict(_ASGI),  # the app may change it: its own per request
+            "asgi": {"version": "3.0", "spec_version": "2.3"},  # the app's own, per request
             "http_version": "1.1" if request.version == b"1.1" else "1.0",
             "method": request.method.decode("latin-1"),
             "scheme": origin.scheme,
@@ -768,7 +774,15 @@ class _Cycle:
 
     def _start(self, message: Message) -> None:
         headers: List[Tuple[bytes, bytes]] = []
-        for name, value in message.get("headers", ()):
+        for field in message.get("headers", ()):
+            try:
+                lower = _checked_fields.get(field)  # type: ignore[call-overload]
+            except TypeError:  # a list, or a bytearray inside: not hashable, checked below
+                lower = None
+            if lower is not None:
+                headers.append(field)  # seen before: a valid name and value, not framing
+                continue
+            name, value = field
             lower = _checked_name(name)
             if _BAD_VALUE(value):
                 raise RuntimeError(f"invalid response header value {value!r} for {name!r}")
@@ -780,6 +794,8 @@ class _Cycle:
             if lower in _HOP_BY_HOP:
                 continue  # the server decides framing and persistence
             headers.append((name, value))
+            if len(_checked_fields) < 1024 and type(field) is tuple and type(value) is bytes:
+                _checked_fields[field] = lower  # an app sends the same few fields again
         self.status = int(message["status"])
         self.no_body = http11.no_body_expected(self.request.method, self.status)
         self.headers = headers
@@ -855,6 +871,7 @@ class _Cycle:
 _HOP_BY_HOP = frozenset((b"connection", b"transfer-encoding", b"keep-alive"))
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]").search
 _valid_names: Dict[bytes, bytes] = {}
+_checked_fields: Dict[Tuple[bytes, bytes], bytes] = {}  # (name, value) -> lower-case name
 
 
 def _checked_name(name: bytes) -> bytes:

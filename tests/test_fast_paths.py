@@ -119,3 +119,21 @@ def test_forwarded_headers_count_for_their_own_request_only(procs, tmp_path, app
             info = json.loads(response.body)
             seen.append((info["REMOTE_ADDR"], info["wsgi.url_scheme"]))
     assert seen == [("127.0.0.1", "http"), ("203.0.113.7", "https")] * 2
+
+
+def test_remembered_response_fields_are_still_checked_in_every_shape(procs, tmp_path):
+    """The ASGI server remembers valid (name, value) tuples; lists, bytearray values and a bad
+    value sent after good ones still go through the full check."""
+    served = Served(procs, tmp_path, "header_shapes_asgi.py:app")
+    with served.connect() as sock:
+        client = Client(sock)
+        for _ in range(3):  # the second and third answers come from what was remembered
+            client.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            response = client.response()
+            assert response.status == 200, response
+            assert [response.headers.get(n) for n in ("x-tuple", "x-list", "x-bytearray")] \
+                == ["1", "2", "3"]
+        client.send(b"GET /bad HTTP/1.1\r\nHost: a\r\n\r\n")
+        response = client.response()
+    assert response.status == 500
+    assert b"a\rb" not in response.raw_head
