@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import resource
@@ -50,7 +51,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -676,13 +677,18 @@ class CellResult:
                 "seconds": round(self.seconds, 1)}
 
 
+# The process sets of the cells running now; _stop_on_signal kills their groups.
+_RUNNING: List[Processes] = []
+
+
 def run_cell(fault: str, mode: str, rounds: Optional[int] = None,
              load_seconds: float = 8.0) -> CellResult:
     """Start MODE, load it, inject FAULT ``rounds`` times, and check every invariant."""
     spec = FAULTS[fault]
     result = CellResult(fault, mode)
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="graceful-chaos-") as tmp, Processes() as procs:
+    with tempfile.TemporaryDirectory(prefix="graceful-chaos-") as tmp, \
+            _running(Processes()) as procs:
         server = None
         try:
             server = Server(mode, tmp, procs, fd_limit=spec.get("fd_limit"),
@@ -697,6 +703,37 @@ def run_cell(fault: str, mode: str, rounds: Optional[int] = None,
                 server.close()
     result.seconds = time.monotonic() - started
     return result
+
+
+@contextlib.contextmanager
+def _running(procs: Processes) -> Iterator[Processes]:
+    """``procs`` in _RUNNING while the cell runs; its groups killed at the end, however it ends."""
+    _RUNNING.append(procs)
+    try:
+        with procs:
+            yield procs
+    finally:
+        _RUNNING.remove(procs)
+
+
+def _stop_on_signal(signum: int, frame: object) -> None:
+    """SIGTERM/SIGINT: kill the running cells' process groups now, then exit as interrupted.
+
+    Each server runs in a session of its own, so a signal to this script (or a Ctrl-C to its
+    terminal) never reaches it: without this an interrupted run leaves servers serving. The
+    SystemExit then runs the cells' cleanup (waits, temporary directories); a second signal
+    kills this script outright.
+    """
+    signal.signal(signum, signal.SIG_DFL)
+    for procs in list(_RUNNING):
+        for proc in procs.procs:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+    print(f"chaos: {signal.Signals(signum).name}: killed the running servers", file=sys.stderr,
+          flush=True)
+    raise SystemExit(128 + signum)
 
 
 def _check_cell(server: Server, spec: dict, rounds: int, load_seconds: float,
@@ -838,6 +875,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="load time of a cell at least (8, --quick 3)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the random moments")
     args = parser.parse_args(argv)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _stop_on_signal)
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     random.seed(seed)
     chosen = cells(args.only, args.mode, args.quick)

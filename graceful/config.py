@@ -31,10 +31,12 @@ from __future__ import annotations
 import argparse
 import configparser
 import difflib
+import functools
 import json
 import os
 import shlex
 import signal
+import sys
 from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Tuple
 
 from .errors import GracefulError
@@ -45,13 +47,9 @@ ENV_PREFIX = "GRACEFUL_"
 ENV_CONFIG_FILE = "GRACEFUL_CONFIG"
 ENV_EFFECTIVE = "GRACEFUL_EFFECTIVE_CONFIG"
 SECTION = "graceful"
-# Variables graceful sets for its own children; they are not options, so they are never "unknown".
-_INTERNAL_ENV = frozenset({
-    "GRACEFUL_FDS", "GRACEFUL_PARENT_PID", "GRACEFUL_READY_FD", "GRACEFUL_ANCESTORS",
-    "GRACEFUL_REUSEPORT_STEERING", "GRACEFUL_HEARTBEAT_FD", "GRACEFUL_HEARTBEAT_INTERVAL",
-    "GRACEFUL_INTEGRATION",
-    ENV_CONFIG_FILE, ENV_EFFECTIVE,
-})
+# The test suite's switch for tests/integration/ (tests/integration/conftest.py): set in the
+# environment of every server those tests start, and no option of graceful.
+_ENV_TEST_INTEGRATION = "GRACEFUL_INTEGRATION"
 
 SERVE, RUN = "serve", "run"
 BOTH = frozenset({SERVE, RUN})
@@ -549,10 +547,28 @@ def _read_file(path: str, command: str) -> Dict[str, Any]:
     return values
 
 
+@functools.lru_cache(maxsize=None)
+def _internal_env() -> FrozenSet[str]:
+    """The ``GRACEFUL_*`` variables that are not options: what graceful sets for its own children
+    (or reads as a switch), so they are never an "unknown option".
+
+    Collected from the ``ENV_*`` constants of the modules that own them, so a new variable is
+    known here the moment it is declared. The modules are imported on first use, not with this
+    one: reuseport loads ctypes, which only ``--reuse-port`` otherwise needs.
+    """
+    from . import fdenv, heartbeat, reuseport, upgrader
+
+    modules = (fdenv, heartbeat, reuseport, upgrader, sys.modules[__name__])
+    return frozenset(value for module in modules for name, value in vars(module).items()
+                     if name.startswith(("ENV_", "_ENV_")) and isinstance(value, str)
+                     and value.startswith(ENV_PREFIX) and value != ENV_PREFIX)
+
+
 def _read_environ(env: Mapping[str, str], command: str) -> Dict[str, Tuple[Any, str]]:
     values = {}
+    internal = _internal_env()
     for name in sorted(env):
-        if not name.startswith(ENV_PREFIX) or name in _INTERNAL_ENV:
+        if not name.startswith(ENV_PREFIX) or name in internal:
             continue
         key = name[len(ENV_PREFIX):].lower()
         option = _option_for_key(key, None, f"environment variable {name}", env_name=True)

@@ -39,6 +39,7 @@ log = logging.getLogger("graceful")
 SO_ATTACH_REUSEPORT_CBPF = 51  # <asm-generic/socket.h>; Linux 4.5+
 _BPF_RET_K = 0x06  # BPF_RET | BPF_K: return the constant k
 _MIGRATE_REQ = "/proc/sys/net/ipv4/tcp_migrate_req"
+ENV_REUSEPORT_STEERING = "GRACEFUL_REUSEPORT_STEERING"  # "off": the plain kernel hash
 
 
 class SteeringError(OSError):
@@ -76,7 +77,7 @@ def migrate_req_enabled() -> bool:
 
 
 def _steering_enabled() -> bool:
-    return os.environ.get("GRACEFUL_REUSEPORT_STEERING", "on").lower() not in ("off", "0", "no")
+    return os.environ.get(ENV_REUSEPORT_STEERING, "on").lower() not in ("off", "0", "no")
 
 
 def technique() -> str:

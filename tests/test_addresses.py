@@ -48,7 +48,7 @@ names = st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,30}", fullmatch=True)
 
 
 @given(addresses)
-@settings(max_examples=500)
+@settings(max_examples=200)  # the two bind-spec round trips below parse the same addresses too
 def test_format_then_parse_is_identity(address):
     text = format_address(address)
     assert parse_address(text) == address

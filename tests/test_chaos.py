@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
+import subprocess
 import sys
 
 import pytest
+
+from _support import PYTHON, children_of, process_state, reap_orphans, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -81,3 +85,58 @@ def test_a_dead_pidfile_is_seen_by_the_watch(tmp_path):
     watch = chaos.PidfileWatch(Dead()).start()
     chaos.wait_until(lambda: watch.worst > 0.2, 30.0, 0.05)
     assert watch.stop() > 0.2
+
+
+def _group_members(pgid: int):
+    """Live (not zombie) processes of process group ``pgid``, from /proc."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry))
+    return members
+
+
+def _ready_server_of(script_pid: int):
+    """The pid of the cell's server once it logged that it is ready (its stdout is the cell's
+    log file, found through /proc), else None."""
+    for pid in children_of(script_pid):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"graceful" not in f.read():
+                    continue
+            with open(os.readlink(f"/proc/{pid}/fd/1"), errors="replace") as log:
+                if "ready: pid" in log.read():
+                    return pid
+        except OSError:
+            continue
+    return None
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_an_interrupted_run_kills_the_servers_it_started(procs, tmp_path, signum):
+    # Each cell's server is a session of its own, so a signal to the script never reaches it:
+    # the script must kill the groups itself, or an interrupted run leaves servers serving.
+    with open(tmp_path / "chaos.err", "wb") as err:
+        script = procs.spawn([PYTHON, os.path.join(ROOT, "benchmarks", "chaos.py"),
+                              "--only", "successor-killed", "--mode", "reexec-wsgi",
+                              "--load-seconds", "300", "--json", str(tmp_path / "chaos.json")],
+                             stderr=err, stdout=subprocess.DEVNULL)
+    server = wait_for(lambda: _ready_server_of(script.pid), 120,
+                      what="the cell's server to be ready")
+    script.send_signal(signum)
+    script.wait(120)
+
+    def server_group_gone() -> bool:
+        reap_orphans()  # the server is our orphan (a subreaper) once the script is gone
+        return process_state(server) in (None, "Z") and not _group_members(server)
+
+    wait_for(server_group_gone, 30, what=f"the server group {server} to be gone")
+    assert script.returncode == 128 + signum, (tmp_path / "chaos.err").read_text()
+    assert f"{signum.name}: killed the running servers" in (tmp_path / "chaos.err").read_text()

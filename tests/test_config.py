@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 
@@ -120,6 +121,37 @@ def test_a_missing_config_file_is_one_line(tmp_path):
 def test_environment_options_of_the_other_command_are_left_alone():
     cfg = Config.load("serve", _args("serve", []), {"GRACEFUL_STOP_SIGNAL": "QUIT"})
     assert not hasattr(cfg, "stop_signal")
+
+
+def _graceful_variables_in_the_code():
+    """Every ``"GRACEFUL_..."`` string literal in graceful/'s source."""
+    found = {}
+    for folder, _, files in os.walk(os.path.join(ROOT, "graceful")):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                with open(path, encoding="utf-8") as f:
+                    for variable in re.findall(r"[\"'](GRACEFUL_[A-Z0-9_]+)[\"']", f.read()):
+                        found.setdefault(variable, os.path.relpath(path, ROOT))
+    return found
+
+
+def test_every_graceful_variable_of_the_code_is_an_option_or_internal():
+    # A variable graceful sets for its children but config does not know would make the child's
+    # Config.load fail with "no such option": the internal set is built from the ENV_*
+    # constants, so a variable the code spells out but no constant declares fails here.
+    known = {o.env for o in OPTIONS} | config._internal_env()
+    unknown = {v: where for v, where in _graceful_variables_in_the_code().items()
+               if v not in known}
+    assert unknown == {}, "declare these as ENV_* constants of their module: %r" % unknown
+
+
+def test_the_internal_variables_are_never_an_unknown_option():
+    own = {config.ENV_CONFIG_FILE, config.ENV_EFFECTIVE}  # these two config reads itself
+    env = {name: "1" for name in config._internal_env() - own}
+    assert {"GRACEFUL_FDS", "GRACEFUL_READY_FD", "GRACEFUL_HEARTBEAT_FD"} <= set(env)
+    cfg = Config.load("serve", _args("serve", []), env)
+    assert cfg.format()
 
 
 _names = st.sampled_from([o.name for o in OPTIONS] + ["nope", "thread", "x"])

@@ -32,7 +32,9 @@ def _workers(pid: int):
     return sorted(c for c in children_of(pid) if process_state(c) not in (None, "Z"))
 
 
-def test_master_keeps_its_pid_across_20_reloads_under_load(procs, tmp_path):
+def test_master_keeps_its_pid_across_ten_reloads_under_load(procs, tmp_path):
+    # Ten: every reload is the same handover, and a leaked worker, zombie or listener shows
+    # after the first few as surely as after twenty (the fd and zombie checks are exact).
     pidfile = tmp_path / "master.pid"
     served = Served(procs, tmp_path, "wsgi_app.py:app", "--workers", "2", "--pidfile", str(pidfile))
     master = served.proc.pid
@@ -40,7 +42,7 @@ def test_master_keeps_its_pid_across_20_reloads_under_load(procs, tmp_path):
     loads = [Load(served.port, keepalive=True, paths=("/hello",) * 4 + ("/slow",), clients=4).start(),
              Load(served.port, keepalive=False, paths=("/hello",) * 4 + ("/slow",), clients=4).start()]
     seen_workers = set(_workers(master))
-    for generation in range(2, 22):
+    for generation in range(2, 12):
         for load in loads:
             load.wait_requests(load.total + 20)
         os.kill(master, signal.SIGHUP)
@@ -53,7 +55,7 @@ def test_master_keeps_its_pid_across_20_reloads_under_load(procs, tmp_path):
     assert [f for load in loads for f in load.failures] == []
     assert read_pid(pidfile) == master and process_state(master) not in (None, "Z")
     served_by = {p for load in loads for p in load.pids}
-    assert len(served_by) > 10  # many generations really served
+    assert len(served_by) > 10  # many of the 22 workers of 11 generations really served
     wait_for(lambda: len(_workers(master)) == 2, 30, what="old generations to exit")
     assert _zombies_of(master) == []
     served.proc.send_signal(signal.SIGQUIT)

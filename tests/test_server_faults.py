@@ -86,12 +86,13 @@ def test_a_slow_steady_reader_gets_a_large_one_piece_response_whole(procs, tmp_p
     head, body = client.buffer.split(b"\r\n\r\n", 1)
     assert b"content-length: %d" % _BIG in head.lower()
     received = len(body)
-    # At most 16 KiB every 10 ms: 1,024 reads or more, so at least ten times the timeout.
+    # At most 16 KiB every 4 ms: 1,024 reads or more, so at least four times the timeout (a
+    # cap on the total send time would cut it off; "no progress for 1 s" never does).
     while received < _BIG:
         data = client.sock.recv(16384)
         assert data, f"response cut off after {received} of {_BIG} bytes"
         received += len(data)
-        time.sleep(0.01)  # sleep-ok: the client under test reads slowly
+        time.sleep(0.004)  # sleep-ok: the client under test reads slowly
     assert received == _BIG
     client.buffer = b""
     assert client.request("GET", "/hello").status == 200

@@ -19,7 +19,7 @@ SERVER = ("-m", "graceful._demo_server")
 
 
 class Server:
-    def __init__(self, procs, tmp_path, *extra, env=None, app=None):
+    def __init__(self, procs, tmp_path, *extra, env=None, app=None, stderr=None):
         self.port = free_port()
         self.pidfile = str(tmp_path / "server.pid")
         self.app_dir = tmp_path / "app"
@@ -28,7 +28,7 @@ class Server:
         self.proc = procs.python(
             *SERVER, "--port", str(self.port), "--pidfile", self.pidfile,
             "--app-dir", str(self.app_dir), "--ready-timeout", "5", "--graceful-timeout", "10",
-            *extra, stdout=subprocess.PIPE, env=env,
+            *extra, stdout=subprocess.PIPE, env=env, stderr=stderr,
         )
         line = read_line(self.proc.stdout, 30)
         assert line.startswith("READY "), line
@@ -80,17 +80,19 @@ def test_sighup_upgrades_under_load_lose_nothing(procs, tmp_path):
         Load(server.port, keepalive=False, paths=("/fast",) * 4 + ("/slow",), clients=6).start(),
     ]
     pids = [server.first_pid]
+    # What can be lost is in flight at a handover; 100 requests per load between two upgrades
+    # only make sure each generation serves a while, keep-alive connections included.
     for _ in range(5):
         for load in loads:
-            load.wait_requests(load.total + 200)
+            load.wait_requests(load.total + 100)
         pids.append(server.upgrade())
     for load in loads:
-        load.wait_requests(load.total + 200)
+        load.wait_requests(load.total + 100)
         load.stop()
     total = sum(load.total for load in loads)
     failures = [f for load in loads for f in load.failures]
     assert failures == []
-    assert total >= 2000
+    assert total >= 1000
     assert len(set(pids)) == 6, pids
     served_by = {pid for load in loads for pid in load.pids}
     assert set(pids) <= served_by  # every generation really served
@@ -145,10 +147,11 @@ def test_sighup_storm_upgrades_one_at_a_time(procs, tmp_path):
     server = Server(procs, tmp_path)
     load = Load(server.port, keepalive=True, paths=MIX, clients=4).start()
     load.wait_requests(100)
-    start = time.monotonic()
     for _ in range(20):
         os.kill(server.first_pid, signal.SIGHUP)
-    assert time.monotonic() - start < 1.0
+    # The storm is pending in the first generation before its successor took over (the pidfile
+    # still names it), so every trigger but one must be coalesced.
+    assert server.pid() == server.first_pid
     new = wait_for(lambda: server.pid() not in (None, server.first_pid) and server.pid(), 30)
     wait_for(lambda: _gone(server.first_pid), 30, what="the first generation to exit")
     load.wait_requests(load.total + 200)
@@ -163,12 +166,14 @@ def test_sighup_storm_upgrades_one_at_a_time(procs, tmp_path):
     assert final.failures == [] and final.pids == [new]
 
 
-def test_fifty_upgrades_leak_no_fd_and_no_process(procs, tmp_path):
+def test_twenty_upgrades_leak_no_fd_and_no_process(procs, tmp_path):
+    # The fd kinds are compared exactly, so one fd leaked per upgrade shows after the first;
+    # twenty generations show what accumulates across them (a process or child left behind).
     server = Server(procs, tmp_path)
     _one_request(server)  # steady state: serving, not starting
     first_fds = _fd_targets(server.first_pid)
     pid = server.first_pid
-    for _ in range(50):
+    for _ in range(20):
         pid = server.upgrade()
     _one_request(server)
     assert len(_fd_targets(pid)) == len(first_fds), (first_fds, _fd_targets(pid))
@@ -364,18 +369,21 @@ def _established(pid: int) -> int:
 
 
 def test_sigterm_lame_duck_keeps_serving_for_shutdown_delay(procs, tmp_path):
-    server = Server(procs, tmp_path, "--shutdown-delay", "3")
+    # A lame-duck window far longer than the requests sent in it (a loaded machine may take
+    # seconds for one), ended by a second SIGTERM rather than waited out.
+    log_path = tmp_path / "server.log"
+    with open(log_path, "w") as log:
+        server = Server(procs, tmp_path, "--shutdown-delay", "60", stderr=log)
     os.kill(server.first_pid, signal.SIGTERM)
-    signalled = time.monotonic()
-    served = 0
-    while time.monotonic() - signalled < 1.0:  # bounded: well inside the lame-duck window
+    wait_for(lambda: "lame duck for 60s" in log_path.read_text(), 30, what="the lame duck")
+    for _ in range(10):
         load = Load(server.port, keepalive=False, clients=1, max_requests=1).start()
         load.wait_requests(1)
         load.stop()
         assert load.failures == []
-        served += 1
-    assert served > 0
-    assert server.proc.wait(timeout=30) == 0
+    assert server.proc.poll() is None  # still serving
+    os.kill(server.first_pid, signal.SIGTERM)  # the second: stop now
+    assert server.proc.wait(timeout=30) == 0, log_path.read_text()[-2000:]
 
 
 def test_second_sigint_exits_at_once(procs, tmp_path):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import h11
+import pytest
 
 from _serve import Served
 from _support import Load, free_port, process_state, reap_orphans, wait_for
@@ -24,6 +25,22 @@ APPS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "apps")
 
 # Both ways graceful serves: one process that re-execs itself, and a master with workers.
 MODES = {"one-process": (), "workers-2": ("--workers", "2")}
+
+
+def app_fixtures(app: str):
+    """The two server fixtures of a framework's test module, for ``app`` ("module.py:name" of
+    tests/integration/apps/): ``server`` (one process) and ``server_in_each_mode`` (each of
+    MODES). Use as ``server, server_in_each_mode = app_fixtures(APP)`` at module level."""
+
+    @pytest.fixture
+    def server(serve):
+        return serve(app)
+
+    @pytest.fixture(params=list(MODES))
+    def server_in_each_mode(request, serve):
+        return serve(app, *MODES[request.param])
+
+    return server, server_in_each_mode
 
 
 def _app_env(markers, data_file) -> Dict[str, str]:

@@ -11,6 +11,7 @@ when one fails under graceful only, graceful is at fault, not the app or the tes
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import socket
 import threading
@@ -121,7 +122,14 @@ def test_pipelined_requests_are_answered_in_order_and_framed_strictly(target):
 
 # --- HTTP/1.0 ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("target", targets(), indirect=True)
+# Seen here: uvicorn 0.54.0's httptools protocol (its default when httptools is installed)
+# answers an HTTP/1.0 request for a streamed body with Transfer-Encoding: chunked, which an
+# HTTP/1.0 client cannot read; its h11 protocol does not.
+_UVICORN_HTTPTOOLS = {"fastapi": "uvicorn's httptools protocol chunks a response to HTTP/1.0: "
+                                 "no referee"} if importlib.util.find_spec("httptools") else {}
+
+
+@pytest.mark.parametrize("target", targets(reference_skips=_UVICORN_HTTPTOOLS), indirect=True)
 def test_http10_response_is_not_chunked_and_ends_with_the_connection(raw, target):
     client = raw(target.port)
     client.send(b"GET /stream?count=4 HTTP/1.0\r\nHost: test\r\n\r\n")

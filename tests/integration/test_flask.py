@@ -7,22 +7,14 @@ import json
 import os
 
 import httpx
-import pytest
 import requests
 
-from _harness import MODES, StrictRequest, curl, strict_exchange
+from _harness import StrictRequest, app_fixtures, curl, strict_exchange
 
 APP = "flask_app.py:app"
 
 
-@pytest.fixture
-def server(serve):
-    return serve(APP)
-
-
-@pytest.fixture(params=list(MODES))
-def server_in_each_mode(request, serve):
-    return serve(APP, *MODES[request.param])
+server, server_in_each_mode = app_fixtures(APP)
 
 
 def test_every_route_is_framed_strictly_on_one_keepalive_connection(server_in_each_mode,

@@ -2,7 +2,7 @@
 across reloads.
 
 Runs under a venv's python that has graceful (pip install -e .), pytest, gunicorn and uvicorn;
-skips elsewhere. Self-contained: it needs nothing from tests/.
+skips elsewhere. Waits and ports come from tests/_support.py like the rest of the suite.
 """
 
 from __future__ import annotations
@@ -10,13 +10,14 @@ from __future__ import annotations
 import http.client
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 
 import pytest
+
+from _support import free_port, wait_for
 
 pytest.importorskip("gunicorn")
 pytest.importorskip("uvicorn")
@@ -50,20 +51,8 @@ async def app(scope, receive, send):
 '''
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)  # sleep-ok: poll interval of a bounded wait
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+# Every wait here is for a process under load (a peer starting, a generation handing over).
+WAIT = 60.0
 
 
 class _Load:
@@ -107,7 +96,7 @@ class _Load:
 
     def wait_more(self, n: int) -> None:
         target = self.ok + n
-        _wait_for(lambda: self.ok >= target or self.failures, what=f"{n} more requests")
+        wait_for(lambda: self.ok >= target or self.failures, WAIT, what=f"{n} more requests")
 
     def stop(self) -> None:
         self._stop.set()
@@ -131,7 +120,7 @@ def _peer_command(peer: str, app_dir: str):
 def test_a_wrapped_peer_loses_no_request_across_reloads(tmp_path, peer):
     (tmp_path / "wsgiapp.py").write_text(WSGI_APP)
     (tmp_path / "asgiapp.py").write_text(ASGI_APP)
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path / "master.log"
     with open(log_path, "w") as log_file:
         master = subprocess.Popen(
@@ -140,19 +129,19 @@ def test_a_wrapped_peer_loses_no_request_across_reloads(tmp_path, peer):
             stderr=log_file, stdout=log_file, start_new_session=True)
     log = log_path.read_text
     try:
-        _wait_for(lambda: f"ready: pid {master.pid} " in log() or master.poll() is not None,
-                  what="the master to be ready")
+        wait_for(lambda: f"ready: pid {master.pid} " in log() or master.poll() is not None,
+                 WAIT, what="the master to be ready")
         assert master.poll() is None, log()
         load = _Load(port)
         try:
             load.wait_more(20)
             for generation in range(2, 2 + RELOADS):
                 os.kill(master.pid, signal.SIGHUP)
-                _wait_for(lambda: f"generation {generation} is serving" in log(),
-                          what=f"generation {generation} to serve")
+                wait_for(lambda: f"generation {generation} is serving" in log(), WAIT,
+                         what=f"generation {generation} to serve")
                 load.wait_more(20)
-            _wait_for(lambda: f"(generation {RELOADS}) exited" in log(),
-                      what="the previous generation to exit")
+            wait_for(lambda: f"(generation {RELOADS}) exited" in log(), WAIT,
+                     what="the previous generation to exit")
             load.wait_more(20)
         finally:
             load.stop()
