@@ -15,7 +15,7 @@ from _serve import APPS, Served
 from test_asgi_websocket import WSClient
 
 # An application that is ws_app, except that the first worker to load it (per test) handles
-# SIGQUIT late: its drain starts seconds after its sibling's. (The Upgrader installed its
+# SIGQUIT late: its drain starts seconds after its sibling's. It writes its pid to the flag file. (The Upgrader installed its
 # handler before the application was loaded; this one passes the signal on to it later.)
 _LATE_QUIT_APP = '''
 import os, signal, sys, threading
@@ -28,10 +28,12 @@ def _late(previous, delay):
     return handler
 
 try:
-    os.close(os.open({flag!r}, os.O_CREAT | os.O_EXCL))
+    _flag = os.open({flag!r}, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
 except FileExistsError:
     pass
 else:
+    os.write(_flag, str(os.getpid()).encode())  # which worker is late
+    os.close(_flag)
     signal.signal(signal.SIGQUIT, _late(signal.getsignal(signal.SIGQUIT), {delay!r}))
 '''
 
