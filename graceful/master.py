@@ -56,7 +56,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from . import _proc, systemd
 from .heartbeat import ENV_HEARTBEAT_FD, ENV_HEARTBEAT_INTERVAL
-from .drain import LAME_DUCK
+from .drain import DRAINING, LAME_DUCK, STOPPED
 from .errors import GracefulError
 from .fdenv import ENV_FDS, encode_fds
 from .upgrader import ENV_PARENT_PID, ENV_READY_FD, Upgrader, UpgradeError
@@ -415,7 +415,7 @@ class Master:
             # copies would keep the queue open (connections waiting there, then reset).
             for _, sock in self.listeners:
                 sock.close()
-        final = not self.lifecycle.reason.startswith("handed over")
+        final = self._final_stop()
         for worker in self.next + self.current:
             self._retire(worker, code=GOING_AWAY if final else SERVICE_RESTART)
         self.next, self.current = [], []
@@ -630,17 +630,25 @@ class Master:
             worker.confirm_by = None
 
     def _release_closes(self) -> None:
-        """Once no stopping worker accepts any more, those that stopped may close their
-        WebSockets: a client they close can only reconnect to a worker that stays."""
-        if any(w.stopping and not w.accept_stopped for w in self._all()):
+        """Once no worker that goes away accepts any more, those that stopped may close their
+        WebSockets: a client they close can only reconnect to a worker that stays. In our own
+        lame duck every worker goes away (each may drain by its own lame duck timer first)."""
+        final = self._final_stop()
+        if any((w.stopping or final) and not w.accept_stopped for w in self._all()):
             return
         for worker in self._all():
             if worker.accept_stopped and not worker.released and worker.gate is not None:
                 worker.released = True
+                code = GOING_AWAY if final else worker.close_code
                 try:
-                    worker.gate.send(b"close %d\n" % worker.close_code)
+                    worker.gate.send(b"close %d\n" % code)
                 except OSError:
                     self._close_gate(worker)  # gone: the reaper says why
+
+    def _final_stop(self) -> bool:
+        """Whether this master is ending for good (lame duck or drain, not a handover)."""
+        return (self.lifecycle.state in (LAME_DUCK, DRAINING, STOPPED)
+                and not self.lifecycle.reason.startswith("handed over"))
 
     def _close_gate(self, worker: _Worker) -> None:
         worker.accept_stopped = True  # a closed gate holds nobody back

@@ -63,3 +63,22 @@ def test_a_worker_that_never_confirms_does_not_hold_back_its_sibling(procs, tmp_
     assert _closes(prompt, served) == {("close", 1012, "")}
     served.wait(lambda: f"worker {late} did not stop within the graceful timeout: SIGKILL"
                 in served.log(), 60, what="the late worker to be killed")
+
+
+def test_a_worker_drained_during_the_masters_lame_duck_waits_and_closes_with_1001(procs,
+                                                                                   tmp_path):
+    # One worker drains on its own (here SIGQUIT; its lame duck timer may also fire before the
+    # master's) while the master still counts down its lame duck: its sibling still accepts,
+    # and the stop is final, so its clients wait for the master's drain and get 1001.
+    served = Served(procs, tmp_path, "ws_app.py:app", "--workers", "2", "--shutdown-delay", "4",
+                    *_OPTIONS)
+    clients = _connect_to_each(served.port, pids=2, each=2, reconnect=False)
+    served.proc.send_signal(signal.SIGTERM)
+    served.wait(lambda: f"[{served.proc.pid}] INFO lame duck for 4s" in served.log(),
+                what="the master's lame duck")
+    early = clients[0].pid
+    os.kill(early, signal.SIGQUIT)
+    served.wait(lambda: f"[{early}] INFO draining (SIGQUIT)" in served.log(),
+                what="the worker's own drain")
+    assert _closes(clients, served) == {("close", 1001, "")}
+    assert served.proc.wait(60) == 0
