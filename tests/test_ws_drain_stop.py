@@ -74,9 +74,11 @@ def test_a_worker_drained_during_the_masters_lame_duck_waits_and_closes_with_100
                     *_OPTIONS)
     clients = _connect_to_each(served.port, pids=2, each=2, reconnect=False)
     served.proc.send_signal(signal.SIGTERM)
-    served.wait(lambda: f"[{served.proc.pid}] INFO lame duck for 4s" in served.log(),
-                what="the master's lame duck")
     early = clients[0].pid
+    # The worker's own lame duck first (the master's SIGTERM): a SIGTERM that came after our
+    # SIGQUIT would mean "close everything now".
+    served.wait(lambda: f"[{early}] INFO lame duck for 4s" in served.log(),
+                what="the worker's lame duck")
     os.kill(early, signal.SIGQUIT)
     served.wait(lambda: f"[{early}] INFO draining (SIGQUIT)" in served.log(),
                 what="the worker's own drain")
