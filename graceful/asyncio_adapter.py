@@ -10,6 +10,11 @@ servers' listening sockets (after accepting what is queued, when no successor ho
 closes connections a handler marked ``idle`` once they stayed idle for the grace, waits for the
 rest until the deadline, then aborts what is left. Handlers may read ``draining`` to answer
 with ``Connection: close``.
+
+Under a master that orders the drain of its workers (``serve --workers``), ``gate_with`` takes
+this worker's end of the drain gate: ``serve`` says ``stopped`` on it once it no longer
+accepts, and ``close_turn`` waits for the master's ``close CODE``, the moment from which a
+client this worker closes can only reconnect to a worker that stays.
 """
 
 from __future__ import annotations
@@ -48,6 +53,9 @@ class AsyncioDrain:
         self.upgrader = upgrader
         self.lifecycle = upgrader.lifecycle
         self._connections: Dict[asyncio.BaseTransport, _Connection] = {}
+        self._gate: Optional[socket.socket] = None
+        self._gate_buffer = b""
+        self._turn: "Optional[asyncio.Future[Optional[int]]]" = None
 
     @property
     def draining(self) -> bool:
@@ -97,6 +105,79 @@ class AsyncioDrain:
     def open_connections(self) -> int:
         return len(self._connections)
 
+    # -- the drain gate (under a master) ---------------------------------------------------------
+
+    def gate_with(self, gate: socket.socket) -> None:
+        """Follow the master's drain gate ``gate`` (a connected stream socket); before
+        ``serve``."""
+        gate.setblocking(False)
+        self._gate = gate
+
+    async def close_turn(self) -> Optional[int]:
+        """Once draining, wait until this generation may close its long-lived connections
+        (WebSockets): the close code the master gave, or None at once without a master (then
+        the caller picks the code). Bounded: past half the time left (the master's own bound,
+        so it never comes first), or once the master is gone, it is our turn anyway."""
+        turn = self._turn_future()
+        if turn is None:
+            return None
+        left = self.lifecycle.time_left()
+        if left == 0:
+            return None  # forced: everything closes now
+        try:
+            return await asyncio.wait_for(asyncio.shield(turn),
+                                          None if left is None else left / 2)
+        except asyncio.TimeoutError:
+            log.warning("the master did not say within %gs that the other workers stopped "
+                        "accepting: closing WebSockets now", (left or 0) / 2)
+            return None
+
+    def _turn_future(self) -> "Optional[asyncio.Future[Optional[int]]]":
+        if self._turn is None and self._gate is not None:
+            self._turn = asyncio.get_running_loop().create_future()
+        return self._turn
+
+    def _open_gate(self) -> None:
+        if self._turn_future() is not None and self._gate is not None:
+            asyncio.get_running_loop().add_reader(self._gate.fileno(), self._on_gate)
+
+    def _on_gate(self) -> None:
+        try:
+            data = self._gate.recv(4096)  # type: ignore[union-attr]
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._take_turn(None)  # the master is gone: nobody to wait for
+            self._close_gate()
+            return
+        self._gate_buffer = (self._gate_buffer + data)[-256:]  # one short line is expected
+        line, newline, _ = self._gate_buffer.partition(b"\n")
+        words = line.split()
+        if newline and len(words) == 2 and words[0] == b"close" and words[1].isdigit():
+            self._take_turn(int(words[1]))
+
+    def _take_turn(self, code: Optional[int]) -> None:
+        if self._turn is not None and not self._turn.done():
+            self._turn.set_result(code)
+
+    def _report_stopped_accepting(self) -> None:
+        if self._gate is not None:
+            try:
+                self._gate.send(b"stopped\n")  # a few bytes into an empty socket buffer
+            except OSError:
+                self._take_turn(None)
+
+    def _close_gate(self) -> None:
+        if self._gate is not None:
+            try:
+                asyncio.get_running_loop().remove_reader(self._gate.fileno())
+            except RuntimeError:
+                pass
+            self._gate.close()
+            self._gate = None
+
     # -- the lifecycle --------------------------------------------------------------------------
 
     async def serve(self, *servers: asyncio.AbstractServer,
@@ -107,16 +188,19 @@ class AsyncioDrain:
         before the upgrader closes.
         """
         try:
+            self._open_gate()
             if self.lifecycle.state == "starting":
                 self.upgrader.ready()
             await self.upgrader.wait_async()
             await self._stop_accepting(servers)
+            self._report_stopped_accepting()
             await self._wait_for_connections(servers)
             if after_drain is not None:
                 await after_drain()
         finally:
             for server in servers:
                 server.close()
+            self._close_gate()
             self.upgrader.close()
 
     async def _stop_accepting(self, servers: "tuple[asyncio.AbstractServer, ...]") -> None:

@@ -25,6 +25,16 @@ Readiness (``ready``): ``"fd"`` - the worker writes its pid to the graceful read
 (what ``Upgrader.ready()`` does); ``"notify"`` - the master serves a ``NOTIFY_SOCKET`` to the
 worker and waits for ``READY=1``; ``"delay:S"`` - ready once alive for S seconds.
 
+WebSocket drain order (``drain_gate``, what ``graceful serve --workers`` uses): each worker also
+gets one end of a socket pair (``GRACEFUL_DRAIN_GATE_FD``). A stopping worker writes
+``stopped`` on it once it no longer accepts, then waits before it closes its WebSockets; the
+master answers ``close CODE`` (1012 on a reload, 1001 on a final stop) once no stopping worker
+still accepts (during the master's own lame duck or final stop: no worker at all, since each
+may drain by its own lame duck timer before the master stops it). Without that, a client closed by one old worker could reconnect to a sibling old
+worker that had not handled its stop signal yet. A worker that never confirms holds the others
+back for at most half the graceful timeout; one that closes its end (it exited, or has no
+WebSockets: a WSGI worker) has nothing to confirm.
+
 Signals: SIGHUP reloads (a new generation); SIGUSR2 re-executes the master itself through the
 Upgrader; SIGTTIN/SIGTTOU add/remove a worker; SIGUSR1 is forwarded to the workers; SIGQUIT,
 SIGTERM (after ``shutdown_delay``) and SIGINT stop the workers with ``stop_signal`` and exit.
@@ -47,7 +57,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from . import _proc, systemd
 from .heartbeat import ENV_HEARTBEAT_FD, ENV_HEARTBEAT_INTERVAL
-from .drain import LAME_DUCK
+from .drain import DRAINING, LAME_DUCK, STOPPED
 from .errors import GracefulError
 from .fdenv import ENV_FDS, encode_fds
 from .upgrader import ENV_PARENT_PID, ENV_READY_FD, Upgrader, UpgradeError
@@ -60,6 +70,8 @@ _FD_PLACEHOLDER = re.compile(r"\{fd:([^{}]+)\}")
 _BACKOFF_START, _BACKOFF_MAX = 0.5, 30.0
 _MIN_HEARTBEAT_TIMEOUT = 1.0  # the serving loops beat every 0.25 s at best
 _STABLE_AFTER = 10.0  # a worker alive this long is not "crashing in a loop"
+ENV_DRAIN_GATE_FD = "GRACEFUL_DRAIN_GATE_FD"
+SERVICE_RESTART, GOING_AWAY = 1012, 1001  # the WebSocket close codes of a reload, a final stop
 
 
 class MasterError(GracefulError):
@@ -95,6 +107,11 @@ class _Worker:
         self.late = False  # missed its ready timeout outside a reload: killed, then restarted
         self.heartbeat_fd: Optional[int] = None  # read end of its heartbeat pipe (--timeout)
         self.last_beat: Optional[float] = None  # set once ready, then by every heartbeat
+        self.gate: Optional[socket.socket] = None  # our end of its drain gate (drain_gate)
+        self.accept_stopped = False  # it said so on the gate, or closed the gate
+        self.confirm_by: Optional[float] = None  # until then, its siblings wait for that
+        self.close_code = SERVICE_RESTART  # what its WebSockets get once released
+        self.released = False  # told to close its WebSockets
 
 
 class Master:
@@ -104,7 +121,8 @@ class Master:
     (SIGTERM with a ``shutdown_delay``), for workers that then report themselves not ready.
     ``handoff_socket``, ``takeover``, ``handoff_uids`` and ``takeover_fds`` are passed to the
     master's ``Upgrader``: a new master can take the listeners over from a running one, which
-    then stops its workers gracefully."""
+    then stops its workers gracefully. ``drain_gate`` orders the WebSocket drain of workers
+    built on graceful (see the module's docstring)."""
 
     def __init__(self, command: Sequence[str], *, binds: Sequence[str] = (), workers: int = 1,
                  ready: str = "fd", stop_signal: int = signal.SIGTERM,
@@ -115,7 +133,7 @@ class Master:
                  lame_duck_signal: Optional[int] = None, timeout: Optional[float] = None,
                  watchdog: Optional[float] = None,
                  next_generation: Optional[Callable[[], Tuple[List[str], Dict[str, str]]]] = None,
-                 **handoff: Any) -> None:
+                 drain_gate: bool = False, **handoff: Any) -> None:
         if workers < 1:
             raise MasterError(f"workers={workers}: need at least 1 worker")
         for name, value in (("timeout", timeout), ("watchdog", watchdog)):
@@ -135,6 +153,7 @@ class Master:
         self.respawn = respawn
         self.env = dict(os.environ if env is None else env)
         self.next_generation = next_generation
+        self.drain_gate = drain_gate
         self.specs: Dict[int, Tuple[List[str], Dict[str, str]]] = {}  # generation -> command, env
         # A worker silent this long is replaced; "fd": graceful's heartbeat pipe, "notify":
         # systemd's WATCHDOG=1 on the NOTIFY_SOCKET we serve it.
@@ -238,6 +257,10 @@ class Master:
             self._on_event(event, signum)
         self._reap()
         self._on_timers(time.monotonic())
+        if self.drain_gate:
+            # After every event of this step: a generation retired as a whole is all
+            # stopping before any of it may be released.
+            self._release_closes()
         if self._started() and not self.lifecycle.draining:
             self._publish_status()
 
@@ -257,6 +280,8 @@ class Master:
                 deadlines.append(worker.last_beat + self.heartbeat_timeout)  # type: ignore
             if worker.kill_at is not None:
                 deadlines.append(worker.kill_at)
+            if worker.confirm_by is not None:
+                deadlines.append(worker.confirm_by)
             if self._awaiting_ready(worker):
                 deadlines.append(worker.started + self.ready_timeout)
                 if self.ready_mode == "delay":
@@ -391,8 +416,9 @@ class Master:
             # copies would keep the queue open (connections waiting there, then reset).
             for _, sock in self.listeners:
                 sock.close()
+        final = self._final_stop()
         for worker in self.next + self.current:
-            self._retire(worker)
+            self._retire(worker, code=GOING_AWAY if final else SERVICE_RESTART)
         self.next, self.current = [], []
         self.respawn_at.clear()
         self._maybe_finish()
@@ -410,7 +436,7 @@ class Master:
         args = [_FD_PLACEHOLDER.sub(lambda m: str(fd_of[m.group(1)]), a) for a in command]
         for var in ("LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PID", ENV_FDS, "NOTIFY_SOCKET",
                     ENV_READY_FD, ENV_PARENT_PID, "WATCHDOG_USEC", "WATCHDOG_PID",
-                    ENV_HEARTBEAT_FD, ENV_HEARTBEAT_INTERVAL):
+                    ENV_HEARTBEAT_FD, ENV_HEARTBEAT_INTERVAL, ENV_DRAIN_GATE_FD):
             env.pop(var, None)
         systemd_fds = bool(names) and not any(_FD_PLACEHOLDER.search(a) for a in command)
         if systemd_fds:
@@ -422,7 +448,8 @@ class Master:
             env[ENV_FDS] = encode_fds(fd_of)
         # Sources are first moved out of the way (above every target fd, close-on-exec), so
         # no dup2 overwrites a source that a later dup2 still needs.
-        above = 3 + len(names) + (self.ready_mode == "fd") + (self.heartbeat_mode == "fd")
+        above = (3 + len(names) + (self.ready_mode == "fd") + (self.heartbeat_mode == "fd")
+                 + self.drain_gate)
         sources: List[int] = []
         try:
             for _, sock in self.listeners:
@@ -444,6 +471,14 @@ class Master:
                     os.close(beat_w)
                 env[ENV_HEARTBEAT_FD] = str(3 + len(sources) - 1)
                 env[ENV_HEARTBEAT_INTERVAL] = f"{self.heartbeat_timeout / 4:g}"  # type: ignore
+            if self.drain_gate:
+                worker.gate, theirs = socket.socketpair()
+                worker.gate.setblocking(False)
+                try:
+                    sources.append(_dup_above(theirs.fileno(), above))
+                finally:
+                    theirs.close()
+                env[ENV_DRAIN_GATE_FD] = str(3 + len(sources) - 1)
             if self.ready_mode == "notify" or self.heartbeat_mode == "notify":
                 worker.notify, worker.notify_path = _notify_socket()
                 env["NOTIFY_SOCKET"] = worker.notify_path
@@ -464,9 +499,11 @@ class Master:
                 raise MasterError(f"cannot start {args[0]!r}: {exc.strerror}") from None
         except OSError as exc:
             self._close_channels(worker)
+            self._close_gate(worker)
             raise _fd_error(exc, above) from None
         except BaseException:
             self._close_channels(worker)
+            self._close_gate(worker)
             raise
         finally:
             for fd in sources:
@@ -474,7 +511,7 @@ class Master:
         worker.pid = pid
         worker.started = time.monotonic()
         for channel, kind in ((worker.ready_fd, "ready"), (worker.heartbeat_fd, "beat"),
-                              (worker.notify, "notify")):
+                              (worker.notify, "notify"), (worker.gate, "gate")):
             if channel is not None:
                 self._selector.register(channel, selectors.EVENT_READ, (worker, kind))
         return worker
@@ -500,6 +537,9 @@ class Master:
                 self._close_channel(worker, "heartbeat_fd")  # it exits: the reaper says why
             elif worker.last_beat is not None:
                 worker.last_beat = time.monotonic()
+            return
+        if kind == "gate":
+            self._on_gate_message(worker)
             return
         try:
             lines = worker.notify.recv(4096).split(b"\n")  # type: ignore
@@ -551,12 +591,20 @@ class Master:
                 _unlink_quietly(worker.notify_path)
             worker.notify_path = None
 
-    def _retire(self, worker: _Worker, kill: bool = False) -> None:
-        """Stop a worker: the stop signal, then SIGKILL at the deadline."""
+    def _retire(self, worker: _Worker, kill: bool = False,
+                code: int = SERVICE_RESTART) -> None:
+        """Stop a worker: the stop signal, then SIGKILL at the deadline. ``code``: what its
+        WebSockets get (a final stop that overtakes a reload still makes it 1001)."""
         self._close_channels(worker)
+        if code == GOING_AWAY and not worker.released:
+            worker.close_code = code
         if worker.stopping:
             return
         worker.stopping = True
+        if worker.gate is not None and not worker.accept_stopped:
+            # Half the timeout at most for the siblings to wait: their WebSockets still get
+            # the other half to close.
+            worker.confirm_by = time.monotonic() + self.lifecycle.graceful_timeout / 2
         if worker not in self.retired:
             self.retired.append(worker)
         if kill:
@@ -565,6 +613,62 @@ class Master:
         else:
             self._signal(worker, self.stop_signal)
             worker.kill_at = time.monotonic() + self.lifecycle.graceful_timeout
+
+    # -- the drain gate (WebSockets close only once no stopping worker accepts) -----------------
+
+    def _on_gate_message(self, worker: _Worker) -> None:
+        try:
+            data = worker.gate.recv(4096)  # type: ignore[union-attr]
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._close_gate(worker)  # exited, or nothing to confirm (no WebSockets)
+        elif b"stopped" in data:
+            log.debug("worker %d stopped accepting", worker.pid)
+            worker.accept_stopped = True
+            worker.confirm_by = None
+
+    def _release_closes(self) -> None:
+        """Once no worker that goes away accepts any more, those that stopped may close their
+        WebSockets: a client they close can only reconnect to a worker that stays. In our own
+        lame duck every worker goes away (each may drain by its own lame duck timer first)."""
+        final = self._final_stop()
+        if any((w.stopping or final) and not w.accept_stopped for w in self._all()):
+            return
+        for worker in self._all():
+            if worker.accept_stopped and not worker.released and worker.gate is not None:
+                worker.released = True
+                code = GOING_AWAY if final else worker.close_code
+                try:
+                    worker.gate.send(b"close %d\n" % code)
+                except OSError:
+                    self._close_gate(worker)  # gone: the reaper says why
+
+    def _final_stop(self) -> bool:
+        """Whether this master is ending for good (lame duck or drain, not a handover)."""
+        return (self.lifecycle.state in (LAME_DUCK, DRAINING, STOPPED)
+                and not self.lifecycle.reason.startswith("handed over"))
+
+    def _close_gate(self, worker: _Worker) -> None:
+        worker.accept_stopped = True  # a closed gate holds nobody back
+        worker.confirm_by = None
+        if worker.gate is None:
+            return
+        try:
+            self._selector.unregister(worker.gate)
+        except (KeyError, ValueError):
+            pass
+        worker.gate.close()
+        worker.gate = None
+
+    def _confirm_overdue(self, worker: _Worker) -> None:
+        log.warning("worker %d did not confirm within %gs that it stopped accepting: the other "
+                    "stopping workers close their WebSockets anyway", worker.pid,
+                    self.lifecycle.graceful_timeout / 2)
+        worker.accept_stopped = True
+        worker.confirm_by = None
 
     def _signal(self, worker: _Worker, signum: int) -> None:
         _kill(worker.pid if self.respawn else -worker.pid, signum)  # --init: its whole group
@@ -581,6 +685,7 @@ class Master:
             log.debug("reaped pid %d (%s)", pid, _describe(status))
             return
         self._close_channels(worker)
+        self._close_gate(worker)
         if not self.respawn:
             if self.command_status is None:
                 self.command_status = _exit_code(status)  # --init: the command's status is ours
@@ -702,6 +807,8 @@ class Master:
                 if not self.lifecycle.draining:
                     self._respawn(slot)
         for worker in list(self._all()):
+            if worker.confirm_by is not None and now >= worker.confirm_by:
+                self._confirm_overdue(worker)
             if worker.kill_at is not None and now >= worker.kill_at:
                 log.warning("worker %d did not stop within the graceful timeout: SIGKILL",
                             worker.pid)
@@ -765,6 +872,7 @@ class Master:
         for worker in self._all():
             self._signal(worker, signal.SIGKILL)
             self._close_channels(worker)
+            self._close_gate(worker)
         if self._orphans is not None:
             _kill(-self._orphans[0], signal.SIGKILL)
         deadline = time.monotonic() + 5

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, TextIO, T
 from .errors import GracefulError
 
 if TYPE_CHECKING:
+    import socket
+
     from .config import Config
 
 __all__ = ["load_app", "detect_interface", "AppLoadError", "AccessLog", "run"]
@@ -128,6 +130,7 @@ def run(config: "Config") -> int:
 
     binds = _binds(config)
     _configure_logging(config)
+    gate = _take_drain_gate()  # first: nothing we start may inherit it
     access_log = AccessLog(config.access_log) if config.access_log else None
     upgrader = Upgrader(pidfile=config.pidfile, ready_timeout=config.ready_timeout,
                         graceful_timeout=config.graceful_timeout,
@@ -138,12 +141,16 @@ def run(config: "Config") -> int:
         app = load_app(config.app)
     except BaseException:
         upgrader.close()
+        if gate is not None:
+            gate.close()
         raise
     interface = detect_interface(app) if config.interface == "auto" else config.interface
     try:
         edge = _edge_options(config)  # a bad certificate fails here, before ready(): rollback
     except BaseException:
         upgrader.close()
+        if gate is not None:
+            gate.close()
         raise
     options = ServerOptions(header_timeout=config.header_timeout,
                             keepalive_timeout=config.keepalive_timeout,
@@ -164,12 +171,38 @@ def run(config: "Config") -> int:
     if interface == "asgi":
         from .asgi import ASGIServer
 
-        return ASGIServer(app, upgrader, binds, options=options, lifespan=config.lifespan,
-                          **listen_options).serve()
+        server = ASGIServer(app, upgrader, binds, options=options, lifespan=config.lifespan,
+                            **listen_options)
+        if gate is not None:
+            server.drain.gate_with(gate)
+        return server.serve()
     from .wsgi import WSGIServer
+
+    if gate is not None:
+        gate.close()  # no WebSockets here: nothing for the master to wait for
 
     return WSGIServer(app, upgrader, binds, threads=config.threads, options=options,
                       **listen_options).serve()
+
+
+def _take_drain_gate() -> Optional["socket.socket"]:
+    """Our end of the master's drain gate (``serve --workers``), or None; the variable is
+    consumed, and the fd made close-on-exec."""
+    import socket
+
+    from .master import ENV_DRAIN_GATE_FD
+
+    text = os.environ.pop(ENV_DRAIN_GATE_FD, None)
+    if text is None:
+        return None
+    try:
+        gate = socket.socket(fileno=int(text))
+    except (ValueError, OSError) as exc:
+        log.warning("ignoring %s=%r (%s): WebSockets close without waiting for the other "
+                    "workers", ENV_DRAIN_GATE_FD, text, exc)
+        return None
+    gate.set_inheritable(False)
+    return gate
 
 
 def _edge_options(config: "Config") -> Dict[str, Any]:
@@ -234,7 +267,8 @@ def run_workers(config: "Config", reread: Optional[Callable[[], "Config"]] = Non
                     max_failures=None if config.keep_trying else config.max_failures,
                     timeout=config.timeout, env=dict(os.environ, **worker_env(config)),
                     reuse_port=config.reuse_port, lame_duck_signal=signal.SIGTERM,
-                    next_generation=next_generation, **handoff_options(config))
+                    next_generation=next_generation, drain_gate=True,
+                    **handoff_options(config))
     return master.run()
 
 

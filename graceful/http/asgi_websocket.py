@@ -447,14 +447,18 @@ async def close_on_drain(server: Any) -> None:
     """Once the drain begins, close every WebSocket, spread over ``ws_drain_time``.
 
     1012 (Service Restart) when a successor takes over, 1001 (Going Away) on a final stop: a
-    stop that went through a lame duck, or a plain shutdown.
+    stop that went through a lame duck, or a plain shutdown. Under a master the first close
+    waits for its word (``AsyncioDrain.close_turn``), which also names the code.
     """
     lifecycle = server.upgrader.lifecycle
     went_lame = []
     lifecycle.watch(lambda state: state == LAME_DUCK and went_lame.append(True))
     await server.upgrader.wait_async()
+    # Under a master (serve --workers), first wait until no old worker accepts any more: a
+    # client closed now could reconnect to a sibling that still does. The master says the code.
+    told = await server.drain.close_turn()
     final = bool(went_lame) or lifecycle.reason in ("shutdown", "forced", "shutdown before ready")
-    code = 1001 if final else 1012
+    code = told if told is not None else 1001 if final else 1012
     registry = _registry(server)
     registry.drain_code = code  # handshakes still arriving on keep-alive connections
     sessions = sorted(registry.sessions, key=id)
