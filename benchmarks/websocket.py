@@ -9,7 +9,8 @@ as graceful does. A missing uvicorn, websockets or wsproto is reported and skipp
 connection sends one binary message, waits for its whole echo, and sends the next; no
 compression is offered, so what is measured is framing and the server's I/O path. The client is
 a minimal stdlib asyncio one with its frames prepared once (masked with a fixed key), so it
-costs far less per round trip than any server under test. The table gives round trips per
+costs far less per round trip than any server under test (an asyncio Protocol, one callback per
+echo; its CPU is reported too, so a client-bound run shows). The table gives round trips per
 second, and per second of server CPU. Results also go to benchmarks/results/websocket.json.
 """
 
@@ -41,16 +42,18 @@ def main(argv=None) -> int:
             asyncio.run(_warm_up(server.port))
             for size in args.sizes:
                 for connections in args.connections:
-                    cpu = server.cpu_seconds()
+                    cpu, client_cpu = server.cpu_seconds(), time.process_time()
                     trips, seconds = asyncio.run(
                         _measure(server.port, size, connections, args.duration))
                     cpu = server.cpu_seconds() - cpu
+                    client_cpu = time.process_time() - client_cpu
                     results.append({"server": label, "size": size, "connections": connections,
                                     "round_trips": trips, "seconds": seconds,
                                     "per_second": trips / seconds,
-                                    "server_cpu_seconds": cpu})
+                                    "server_cpu_seconds": cpu, "client_cpu_seconds": client_cpu})
                     print(f"{label:22} {size:>7} B x{connections:<3} "
-                          f"{trips / seconds:10.0f} rt/s", file=sys.stderr, flush=True)
+                          f"{trips / seconds:10.0f} rt/s  server CPU {cpu / seconds:4.0%}  "
+                          f"client CPU {client_cpu / seconds:4.0%}", file=sys.stderr, flush=True)
         finally:
             log = server.stop()
         if server.proc.returncode not in (-9, 0):
@@ -94,44 +97,82 @@ def _client_frame(payload: bytes) -> bytes:
     return head + _MASK + masked
 
 
-async def _open(port: int):
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    key = base64.b64encode(os.urandom(16)).decode()
-    writer.write(f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                 f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                 f"Sec-WebSocket-Version: 13\r\n\r\n".encode())
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
-    if not head.startswith(b"HTTP/1.1 101"):
-        raise RuntimeError(f"handshake refused: {head[:200]!r}")
-    return reader, writer
+class _EchoClient(asyncio.Protocol):
+    """One connection: the handshake, then send a frame, read its whole echo, send the next.
 
+    A Protocol rather than streams: one callback per echo and no coroutine switch, so the
+    client spends far less per round trip than the servers do (its CPU is in the results).
+    """
 
-async def _read_message(reader) -> int:
-    """Read one unfragmented server frame; return its payload length."""
-    first, second = await reader.readexactly(2)
-    n = second & 0x7F
-    if n == 126:
-        n = struct.unpack("!H", await reader.readexactly(2))[0]
-    elif n == 127:
-        n = struct.unpack("!Q", await reader.readexactly(8))[0]
-    await reader.readexactly(n)
-    # Anything but a binary frame (a keepalive ping) is skipped; runs are shorter than the
-    # servers' ping timeouts, so leaving it unanswered changes nothing.
-    return n if first & 0x0F == 0x2 else -1
+    def __init__(self, port: int, frame: bytes, size: int, deadline: float,
+                 done: "asyncio.Future[int]") -> None:
+        self.port, self.frame, self.size, self.deadline, self.done = port, frame, size, deadline, done
+        self.buf = bytearray()
+        self.open = False
+        self.trips = 0
+        self.transport = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        key = base64.b64encode(os.urandom(16)).decode()
+        transport.write(f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
+                        f"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        if not self.open:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            if not buf.startswith(b"HTTP/1.1 101"):
+                self._finish(RuntimeError(f"handshake refused: {bytes(buf[:200])!r}"))
+                return
+            del buf[:end + 4]
+            self.open = True
+            self.transport.write(self.frame)
+        while len(buf) >= 2:
+            n = buf[1] & 0x7F
+            head = 2 if n < 126 else 4 if n == 126 else 10
+            if len(buf) < head:
+                return
+            if n == 126:
+                n = struct.unpack_from("!H", buf, 2)[0]
+            elif n == 127:
+                n = struct.unpack_from("!Q", buf, 2)[0]
+            if len(buf) < head + n:
+                return
+            # Anything but our binary echo (a keepalive ping) is skipped; runs are shorter than
+            # the servers' ping timeouts, so leaving it unanswered changes nothing.
+            echo = buf[0] & 0x0F == 0x2 and n == self.size
+            del buf[:head + n]
+            if echo:
+                self.trips += 1
+                if time.monotonic() < self.deadline:
+                    self.transport.write(self.frame)
+                else:
+                    self._finish(None)
+                    return
+
+    def connection_lost(self, exc) -> None:
+        self._finish(exc or ConnectionError("the server closed the connection"))
+
+    def _finish(self, error) -> None:
+        if not self.done.done():
+            if error is None:
+                self.done.set_result(self.trips)
+            else:
+                self.done.set_exception(error)
+        self.transport.close()
 
 
 async def _connection(port: int, frame: bytes, size: int, deadline: float) -> int:
-    reader, writer = await _open(port)
-    trips = 0
-    try:
-        while time.monotonic() < deadline:
-            writer.write(frame)
-            while await _read_message(reader) != size:
-                pass
-            trips += 1
-    finally:
-        writer.close()
-    return trips
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    await loop.create_connection(lambda: _EchoClient(port, frame, size, deadline, done),
+                                 "127.0.0.1", port)
+    return await asyncio.wait_for(done, deadline - time.monotonic() + 30)
 
 
 async def _measure(port: int, size: int, connections: int, duration: float):

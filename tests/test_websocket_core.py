@@ -234,6 +234,9 @@ def test_unmasking_is_the_xor_of_rfc_6455_5_3_on_both_sides_of_its_size_switch(d
     expected = bytes(b ^ mask[(i + offset) % 4] for i, b in enumerate(data))
     assert _unmask(data, mask, offset) == expected
     assert _unmask(bytearray(data), mask, offset) == expected
+    framed = b"head" + data + b"tail"
+    assert _unmask(framed, mask, offset, 4, 4 + len(data)) == expected
+    assert _unmask(bytearray(framed), mask, offset, 4, 4 + len(data)) == expected
 
 
 # -- RFC 6455 rules -----------------------------------------------------------------------------

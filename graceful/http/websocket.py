@@ -227,26 +227,29 @@ def encode_frame(opcode: int, payload: bytes, fin: bool = True, rsv1: bool = Fal
     return head + mask + _unmask(payload, mask, 0)
 
 
-def _unmask(data: bytes, mask: bytes, offset: int) -> bytes:
-    """XOR ``data`` with the mask, starting at ``offset`` into the payload.
+def _unmask(data: bytes, mask: bytes, offset: int, start: int = 0,
+            end: Optional[int] = None) -> bytes:
+    """XOR ``data[start:end]`` with the mask, starting at ``offset`` into the payload.
 
     Linear in C, no Python loop per byte: one big-int XOR for short payloads, where it costs
     least; above ``_TRANSLATE_FROM`` bytes, one ``translate`` per mask byte over every fourth
     byte, about three times faster than the big int there (int.from_bytes and to_bytes
     convert to 30-bit digits and back).
     """
-    n = len(data)
-    if not n:
+    if end is None:
+        end = len(data)
+    n = end - start
+    if n <= 0:
         return b""
     shift = offset % 4
     key = mask[shift:] + mask[:shift]
     if n < _TRANSLATE_FROM:
         repeated = key * (n // 4 + 1)
-        return (int.from_bytes(data, "little") ^ int.from_bytes(repeated[:n], "little")
-                ).to_bytes(n, "little")
+        return (int.from_bytes(data[start:end], "little") ^
+                int.from_bytes(repeated[:n], "little")).to_bytes(n, "little")
     out = bytearray(n)
-    for k in range(4):
-        out[k::4] = data[k::4].translate(_xor_table(key[k]))
+    for k in range(4):  # strided slices of the original: the payload is not copied first
+        out[k::4] = data[start + k:end:4].translate(_xor_table(key[k]))
     return bytes(out)
 
 
@@ -385,7 +388,7 @@ class WebSocket:
             end = start + length
             if end > n or length > self.max_size:
                 break
-            payload = _unmask(data[start:end], data[start - 4:start], 0)
+            payload = _unmask(data, data[start - 4:start], 0, start, end)
             if first == 0x81:
                 try:
                     events.append(Message(payload.decode("utf-8")))
@@ -416,9 +419,12 @@ class WebSocket:
         available = min(len(self._buf) - self._pos, frame.length - frame.seen)
         if available == 0 and frame.seen < frame.length:
             return False
-        piece = self._buf[self._pos:self._pos + available]  # one copy, unmasked into another
+        pos = self._pos
         self._pos += available
-        chunk = _unmask(piece, frame.mask, frame.seen) if frame.mask is not None else bytes(piece)
+        if frame.mask is not None:
+            chunk = _unmask(self._buf, frame.mask, frame.seen, pos, pos + available)
+        else:
+            chunk = bytes(self._buf[pos:pos + available])
         frame.seen += available
         done = frame.seen == frame.length
         if frame.opcode in _CONTROL_OPS:
