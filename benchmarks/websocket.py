@@ -152,7 +152,8 @@ class _EchoClient(asyncio.Protocol):
 
     def __init__(self, port: int, frame: bytes, size: int, deadline: float,
                  done: "asyncio.Future[int]") -> None:
-        self.port, self.frame, self.size, self.deadline, self.done = port, frame, size, deadline, done
+        self.port, self.frame, self.size = port, frame, size
+        self.deadline, self.done = deadline, done
         self.buf = bytearray()
         self.open = False
         self.trips = 0
