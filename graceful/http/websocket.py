@@ -544,6 +544,8 @@ class WebSocket:
         if compress:
             assert self._deflate is not None
             payload = self._deflate.compress(payload)
+        elif len(payload) < 126 and not self.client:
+            return bytes((0x80 | opcode, len(payload))) + payload  # the common small frame
         return encode_frame(opcode, payload, rsv1=compress, mask=self._mask())
 
     def ping(self, payload: bytes = b"") -> bytes:
