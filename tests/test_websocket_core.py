@@ -361,6 +361,17 @@ def test_a_zip_bomb_gets_1009_without_inflating_it():
     assert error_code(ws, frame(OP_BINARY, bomb, rsv1=True)) == 1009
 
 
+def test_the_server_compresses_with_zlibs_fastest_level():
+    # Level 1: a third of the CPU of zlib's default for 15% more bytes (permessage_deflate.py).
+    text = b"".join(b"%d: the quick brown fox jumps over the lazy dog\n" % i for i in range(3000))
+    fastest = zlib.compressobj(1, zlib.DEFLATED, -15)
+    expected = compress(text, fastest)
+    sent = WebSocket(deflate=DeflateParams()).send(text)
+    assert sent[0] == 0xC2 and sent.endswith(expected)
+    [message] = WebSocket(client=True, deflate=DeflateParams()).feed(sent)
+    assert message.data == text
+
+
 def test_bad_compressed_data_gets_1007():
     ws = WebSocket(deflate=DeflateParams())
     assert error_code(ws, frame(OP_BINARY, b"\xff\xff\xff\xff", rsv1=True)) == 1007
