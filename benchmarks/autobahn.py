@@ -236,7 +236,8 @@ def _save(results: Dict[str, Dict[str, dict]], path: str) -> None:
     bad = {name: sorted((c for c, r in cases.items() if _verdict(r) in ("FAILED", "UNIMPLEMENTED")),
                         key=_case_key) for name, cases in results.items()}
     with open(path, "w") as f:
-        json.dump({"counts": _counts(results), "failed_or_unimplemented": bad,
+        json.dump({"command": "python benchmarks/autobahn.py " + " ".join(sys.argv[1:]),
+                   "counts": _counts(results), "failed_or_unimplemented": bad,
                    "group_sizes": GROUP_SIZES, "table": _table(results)}, f, indent=1)
         f.write("\n")
 
