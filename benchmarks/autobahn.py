@@ -1,6 +1,6 @@
 """WebSocket conformance: the Autobahn|Testsuite fuzzing client against `graceful serve`.
 
-    python benchmarks/autobahn.py              # every group: 1-7, 9 (limited), 10, 12, 13
+    python benchmarks/autobahn.py              # every group: 1-7, 9, 10, 12, 13
     python benchmarks/autobahn.py --quick      # 1-7 and 10, for CI (a few minutes)
     python benchmarks/autobahn.py --cases '5.*' '12.1.*' --keep-reports /tmp/ab
 
@@ -36,10 +36,12 @@ DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "graceful", "aut
 
 QUICK_CASES = ["1.*", "2.*", "3.*", "4.*", "5.*", "6.*", "7.*", "10.*"]
 ALL_CASES = QUICK_CASES[:-1] + ["9.*", "10.*", "12.*", "13.*"]
-# Case 9 sends 1-16 MB messages and up to a million frames; the biggest of each subgroup take
-# minutes apiece on a loaded 2-core machine and prove nothing the smaller ones do not. Cases
-# 12.x.(10-18) and 13.x.(10-18) are the 64-256 KB compression sizes, many messages each.
-SLOW_CASES = ["9.*.5", "9.*.6", "9.7.*", "9.8.*"]
+# How many cases each group has in autobahntestsuite 25.10: the table says when a run left some
+# out. Group 9 (messages up to 16 MB, 4 MB in 64 B frames) runs in full in well under a minute
+# here; 12 and 13 (1000 compressed messages per case, up to 128 KB, some in 256 B frames) take
+# the longest, mostly in the Python 2.7 client: run them as chunks (--cases '12.*' with
+# --keep-reports DIR each) and table the chunks together with --from-reports DIR DIR ...
+GROUP_SIZES = {1: 16, 2: 11, 3: 7, 4: 10, 5: 20, 6: 145, 7: 37, 9: 54, 10: 1, 12: 90, 13: 126}
 
 VERDICTS = ["OK", "NON-STRICT", "INFORMATIONAL", "FAILED", "UNIMPLEMENTED"]
 _SEVERITY = {v: i for i, v in enumerate(["OK", "INFORMATIONAL", "NON-STRICT", "UNIMPLEMENTED",
@@ -49,14 +51,14 @@ _SEVERITY = {v: i for i, v in enumerate(["OK", "INFORMATIONAL", "NON-STRICT", "U
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parse(argv)
     if args.from_reports:
-        return _report(_read_reports(args.from_reports))
+        return _report(_read_reports(args.from_reports), args.results)
     try:
         wstest = _install(args.python2, args.cache)
     except _Unavailable as exc:
         print(f"autobahn: unavailable: {exc}", file=sys.stderr)
         return 0 if args.skip_if_unavailable else 1
     cases = args.cases or (QUICK_CASES if args.quick else ALL_CASES)
-    exclude = [] if args.cases or args.quick or args.no_exclude else SLOW_CASES
+    exclude = args.exclude or []
     reports = args.keep_reports or tempfile.mkdtemp(prefix="autobahn-")
     servers = _servers(args.servers)
     started = time.monotonic()
@@ -67,24 +69,31 @@ def main(argv: Optional[List[str]] = None) -> int:
           + f"; {time.monotonic() - started:.0f} s in all; reports in {reports}")
     if not args.keep_reports:
         shutil.rmtree(reports, ignore_errors=True)
-    return _report(results)
+    return _report(results, args.results)
 
 
-def _read_reports(reports: str) -> Dict[str, Dict[str, dict]]:
-    """The results of an earlier --keep-reports run: REPORTS/<server>/index.json."""
-    results = {}
-    for name in sorted(os.listdir(reports)):
-        index = os.path.join(reports, name, "index.json")
-        if os.path.exists(index):
-            with open(index) as f:
-                results[name] = json.load(f).get(name, {})
+def _read_reports(dirs: List[str]) -> Dict[str, Dict[str, dict]]:
+    """The results of earlier --keep-reports runs, DIR/<server>/index.json, merged: a run in
+    chunks (say 9 alone, 12 alone) is tabled as one."""
+    results: Dict[str, Dict[str, dict]] = {}
+    for reports in dirs:
+        if not os.path.isdir(reports):
+            sys.exit(f"autobahn: --from-reports {reports}: no such directory")
+        for name in sorted(os.listdir(reports)):
+            index = os.path.join(reports, name, "index.json")
+            if os.path.exists(index):
+                with open(index) as f:
+                    results.setdefault(name, {}).update(json.load(f).get(name, {}))
     if not results:
-        sys.exit(f"autobahn: no */index.json under {reports}: give a --keep-reports directory")
+        sys.exit(f"autobahn: no */index.json under {' '.join(dirs)}: "
+                 f"give --keep-reports directories")
     return results
 
 
-def _report(results: Dict[str, Dict[str, dict]]) -> int:
+def _report(results: Dict[str, Dict[str, dict]], save: Optional[str] = None) -> int:
     print(_table(results))
+    if save:
+        _save(results, save)
     graceful = results.get("graceful", {})
     bad = sorted((c for c, r in graceful.items() if _verdict(r) in ("FAILED", "UNIMPLEMENTED")),
                  key=_case_key)
@@ -98,8 +107,10 @@ def _parse(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="only groups 1-7 and 10 (for CI)")
     parser.add_argument("--cases", nargs="+", metavar="PATTERN",
                         help="Autobahn case patterns such as '5.*' '12.1.*' (default: all groups)")
-    parser.add_argument("--no-exclude", action="store_true",
-                        help=f"also run the slowest case 9 variants ({' '.join(SLOW_CASES)})")
+    parser.add_argument("--exclude", nargs="+", metavar="PATTERN",
+                        help="case patterns to leave out, such as '9.1.6'")
+    parser.add_argument("--results", metavar="FILE",
+                        help="also write the table, by server and group, as JSON to FILE")
     parser.add_argument("--servers", default="graceful,uvicorn",
                         help="comma-separated: graceful, uvicorn (skipped if not importable)")
     parser.add_argument("--python2", default=_default_python2(),
@@ -108,8 +119,8 @@ def _parse(argv: Optional[List[str]]) -> argparse.Namespace:
                         help=f"where autobahntestsuite is installed (default {DEFAULT_CACHE})")
     parser.add_argument("--keep-reports", metavar="DIR",
                         help="write Autobahn's HTML/JSON reports here and keep them")
-    parser.add_argument("--from-reports", metavar="DIR",
-                        help="only print the table of an earlier --keep-reports DIR")
+    parser.add_argument("--from-reports", metavar="DIR", nargs="+",
+                        help="only print the table of earlier --keep-reports DIRs (merged)")
     parser.add_argument("--skip-if-unavailable", action="store_true",
                         help="exit 0 with a reason when the tool cannot be installed")
     args = parser.parse_args(argv)
@@ -208,6 +219,29 @@ def _case_key(case: str) -> Tuple[int, ...]:
     return tuple(int(part) for part in case.split("."))
 
 
+def _counts(results: Dict[str, Dict[str, dict]]) -> Dict[str, Dict[str, Dict[str, int]]]:
+    """{server: {group or "all": {verdict: count, "cases": n}}}."""
+    out: Dict[str, Dict[str, Dict[str, int]]] = {}
+    for name, cases in results.items():
+        groups = out[name] = {}
+        for case, result in cases.items():
+            for key in (str(_case_key(case)[0]), "all"):
+                counts = groups.setdefault(key, dict.fromkeys(["cases", *VERDICTS], 0))
+                counts["cases"] += 1
+                counts[_verdict(result)] += 1
+    return out
+
+
+def _save(results: Dict[str, Dict[str, dict]], path: str) -> None:
+    bad = {name: sorted((c for c, r in cases.items() if _verdict(r) in ("FAILED", "UNIMPLEMENTED")),
+                        key=_case_key) for name, cases in results.items()}
+    with open(path, "w") as f:
+        json.dump({"command": "python benchmarks/autobahn.py " + " ".join(sys.argv[1:]),
+                   "counts": _counts(results), "failed_or_unimplemented": bad,
+                   "group_sizes": GROUP_SIZES, "table": _table(results)}, f, indent=1)
+        f.write("\n")
+
+
 def _table(results: Dict[str, Dict[str, dict]]) -> str:
     header = "| server | group | cases | " + " | ".join(VERDICTS) + " | seconds |"
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
@@ -223,12 +257,18 @@ def _table(results: Dict[str, Dict[str, dict]]) -> str:
             seconds = sum(cases[c].get("duration", 0) for c in groups[group]) / 1000
             for v in VERDICTS:
                 totals[v] += counts[v]
-            lines.append(f"| {name} | {group} | {len(groups[group])} | "
+            ran = _of(len(groups[group]), GROUP_SIZES.get(group))
+            lines.append(f"| {name} | {group} | {ran} | "
                          + " | ".join(str(counts[v]) for v in VERDICTS) + f" | {seconds:.0f} |")
         seconds = sum(r.get("duration", 0) for r in cases.values()) / 1000
-        lines.append(f"| {name} | all | {len(cases)} | "
+        lines.append(f"| {name} | all | {_of(len(cases), sum(GROUP_SIZES.values()))} | "
                      + " | ".join(str(totals[v]) for v in VERDICTS) + f" | {seconds:.0f} |")
     return "\n".join(lines)
+
+
+def _of(ran: int, full: "int | None") -> str:
+    """The case count, and the group's full size when the run left some out."""
+    return str(ran) if full is None or ran >= full else f"{ran} of {full}"
 
 
 if __name__ == "__main__":

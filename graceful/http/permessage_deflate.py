@@ -20,6 +20,11 @@ __all__ = ["Offer", "parse_extensions", "negotiate", "DeflateParams", "Deflate",
            "MessageTooBig", "DeflateError"]
 
 NAME = "permessage-deflate"
+# zlib's fastest level: measured here on 128 KB of text, 1.4 ms a message against 4.8 ms at the
+# default level 6, for output 15% larger. Compressing every outgoing message is a server's
+# largest per-message cost once deflate is on (Autobahn's groups 12 and 13 spent most of the
+# server's CPU in it), so speed wins; gorilla/websocket defaults to level 1 too.
+_LEVEL = 1
 _TAIL = b"\x00\x00\xff\xff"  # the empty stored block a sync flush ends with; RFC 7692 7.2.1
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
@@ -167,7 +172,7 @@ class Deflate:
         self._inflated = 0  # bytes of the current incoming message so far
 
     def _new_compressor(self) -> "zlib._Compress":
-        return zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, self._wbits)
+        return zlib.compressobj(_LEVEL, zlib.DEFLATED, self._wbits)
 
     def compress(self, data: bytes) -> bytes:
         """One whole message, compressed (RFC 7692 7.2.1: sync flush, tail removed)."""

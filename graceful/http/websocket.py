@@ -227,16 +227,44 @@ def encode_frame(opcode: int, payload: bytes, fin: bool = True, rsv1: bool = Fal
     return head + mask + _unmask(payload, mask, 0)
 
 
-def _unmask(data: bytes, mask: bytes, offset: int) -> bytes:
-    """XOR ``data`` with the mask, starting at ``offset`` into the payload (one big-int XOR)."""
-    if not data:
+def _unmask(data: bytes, mask: bytes, offset: int, start: int = 0,
+            end: Optional[int] = None) -> bytes:
+    """XOR ``data[start:end]`` with the mask, starting at ``offset`` into the payload.
+
+    Linear in C, no Python loop per byte: one big-int XOR for short payloads, where it costs
+    least; above ``_TRANSLATE_FROM`` bytes, one ``translate`` per mask byte over every fourth
+    byte, about three times faster than the big int there (int.from_bytes and to_bytes
+    convert to 30-bit digits and back).
+    """
+    if end is None:
+        end = len(data)
+    n = end - start
+    if n <= 0:
         return b""
     shift = offset % 4
     key = mask[shift:] + mask[:shift]
-    n = len(data)
-    repeated = key * (n // 4 + 1)
-    return (int.from_bytes(data, "little") ^ int.from_bytes(repeated[:n], "little")).to_bytes(
-        n, "little")
+    if n < _TRANSLATE_FROM:
+        repeated = key * (n // 4 + 1)
+        return (int.from_bytes(data[start:end], "little") ^
+                int.from_bytes(repeated[:n], "little")).to_bytes(n, "little")
+    out = bytearray(n)
+    for k in range(4):  # strided slices of the original: the payload is not copied first
+        out[k::4] = data[start + k:end:4].translate(_xor_table(key[k]))
+    return bytes(out)
+
+
+_TRANSLATE_FROM = 512  # measured: below this the big-int XOR is faster
+_XOR_TABLES: List[Optional[bytes]] = [None] * 256
+
+
+def _xor_table(byte: int) -> bytes:
+    """The ``translate`` table mapping every byte b to b ^ ``byte`` (built once, on demand)."""
+    table = _XOR_TABLES[byte]
+    if table is None:
+        identity = int.from_bytes(bytes(range(256)), "little")
+        table = _XOR_TABLES[byte] = (identity ^ int.from_bytes(bytes([byte]) * 256, "little")
+                                     ).to_bytes(256, "little")
+    return table
 
 
 def valid_close_code(code: int) -> bool:
@@ -288,6 +316,7 @@ class WebSocket:
         self._frame: Optional[_Frame] = None
         self._control = bytearray()  # the payload of a control frame being received
         self._message: Optional[_Assembly] = None
+        self._fast = not client  # servers take _whole_frames; False: the general parser only
         self.close_sent = False
         self.close_received = False
         self.failed = False  # a ProtocolError was reported
@@ -304,11 +333,14 @@ class WebSocket:
         """The events completed by ``data`` (possibly none)."""
         if self.failed or self.close_received:
             return []  # nothing after a close frame means anything (RFC 6455 5.5.1)
-        self._buf += data
         events: List[Event] = []
         try:
-            while not self.close_received and self._step(events):
-                pass
+            if self._fast and self._frame is None and not self._buf:
+                data = self._whole_frames(data, events)
+            if data:
+                self._buf += data
+                while not self.close_received and self._step(events):
+                    pass
         except _Fail as fail:
             self.failed = True
             events.append(ProtocolError(fail.code, fail.detail))
@@ -320,6 +352,52 @@ class WebSocket:
             events.append(ProtocolError(1007, str(exc)))
         self._compact()
         return events
+
+    def _whole_frames(self, data: bytes, events: List[Event]) -> bytes:
+        """The fast path: parse the complete, plain, unfragmented data frames at the start of
+        ``data`` straight from it; return the rest, for the general parser.
+
+        Taken only for frames the general parser would accept as they are (a masked client
+        frame with FIN and no RSV bit, text or binary, its length in the shortest form and
+        within ``max_size``, no message in progress), so it yields what that parser yields,
+        without a frame or message object, an incremental decoder or a copy into the buffer.
+        Anything else (control frames, fragments, compression, errors, a frame cut short)
+        stops it, and the general parser takes over from that byte.
+        """
+        n = len(data)
+        pos = 0
+        while self._message is None:
+            if n - pos < 6:
+                break
+            first, second = data[pos], data[pos + 1]
+            if first != 0x81 and first != 0x82 or second < 0x80:
+                break
+            length = second & 0x7F
+            if length < 126:
+                start = pos + 6
+            elif length == 126:
+                start = pos + 8
+                length = int.from_bytes(data[pos + 2:pos + 4], "big")
+                if length < 126:
+                    break
+            else:
+                start = pos + 14
+                length = int.from_bytes(data[pos + 2:pos + 10], "big")
+                if length >> 63 or length < 1 << 16:
+                    break
+            end = start + length
+            if end > n or length > self.max_size:
+                break
+            payload = _unmask(data, data[start - 4:start], 0, start, end)
+            if first == 0x81:
+                try:
+                    events.append(Message(payload.decode("utf-8")))
+                except UnicodeDecodeError:
+                    raise _Fail(1007, "a text message that is not valid UTF-8") from None
+            else:
+                events.append(Message(payload))
+            pos = end
+        return data[pos:] if pos else data
 
     def _compact(self) -> None:
         if self.failed or self.close_received:
@@ -341,10 +419,12 @@ class WebSocket:
         available = min(len(self._buf) - self._pos, frame.length - frame.seen)
         if available == 0 and frame.seen < frame.length:
             return False
-        chunk = bytes(self._buf[self._pos:self._pos + available])
+        pos = self._pos
         self._pos += available
         if frame.mask is not None:
-            chunk = _unmask(chunk, frame.mask, frame.seen)
+            chunk = _unmask(self._buf, frame.mask, frame.seen, pos, pos + available)
+        else:
+            chunk = bytes(self._buf[pos:pos + available])
         frame.seen += available
         done = frame.seen == frame.length
         if frame.opcode in _CONTROL_OPS:
@@ -464,6 +544,8 @@ class WebSocket:
         if compress:
             assert self._deflate is not None
             payload = self._deflate.compress(payload)
+        elif len(payload) < 126 and not self.client:
+            return bytes((0x80 | opcode, len(payload))) + payload  # the common small frame
         return encode_frame(opcode, payload, rsv1=compress, mask=self._mask())
 
     def ping(self, payload: bytes = b"") -> bytes:
