@@ -16,6 +16,7 @@ import io
 import logging
 import os
 import queue
+import select
 import selectors
 import socket
 import ssl
@@ -50,11 +51,12 @@ class _Conn:
     """A client connection and its parser; lives in the selector between requests."""
 
     __slots__ = ("sock", "parser", "peer", "server_addr", "unix", "since", "head_started",
-                 "lingering", "unsent", "served", "preamble", "handshaking", "tls", "scheme")
+                 "lingering", "unsent", "served", "preamble", "handshaking", "tls", "scheme",
+                 "timeout")
 
     def __init__(self, sock: socket.socket, peer: Any, server_addr: Tuple[str, str], unix: bool,
-                 limits: Limits) -> None:
-        self.sock = sock
+                 limits: Limits, timeout: float) -> None:
+        self.sock = sock  # non-blocking all its life: a worker waits itself (_wait_until)
         self.parser = RequestParser(limits)
         self.peer = peer
         self.server_addr = server_addr
@@ -68,6 +70,7 @@ class _Conn:
         self.handshaking = False  # the TLS handshake runs (in the selector loop, no thread)
         self.tls: Optional[Dict[str, str]] = None  # environ keys of the TLS connection
         self.scheme: Optional[str] = None  # https if a PROXY header says the client used TLS
+        self.timeout = timeout  # a worker's longest wait for the client to make progress
 
 
 class WSGIServer:
@@ -233,7 +236,8 @@ class WSGIServer:
         unix = sock.family == socket.AF_UNIX
         if not unix:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn = _Conn(sock, peer, _server_address(listener), unix, self.options.limits)
+        conn = _Conn(sock, peer, _server_address(listener), unix, self.options.limits,
+                     self.options.body_timeout)
         options = self.options
         if options.proxy_protocol and not options.proxy_trust.trusts(None if unix else peer[0]):
             log.info("closed a connection from %s: not allowed to send a PROXY header "
@@ -456,11 +460,6 @@ class WSGIServer:
                 keep = self._serve_connection(conn, request)
             except Exception:  # a bug of ours must not kill the worker
                 log.exception("error while serving %s", _peer_text(conn))
-            if keep:
-                try:
-                    conn.sock.setblocking(False)
-                except OSError:
-                    keep = False
             if not keep:
                 close_gently(conn.sock, _LINGER, _MAX_LINGER_READ)
             self._returned.put((conn, keep))
@@ -468,7 +467,6 @@ class WSGIServer:
 
     def _serve_connection(self, conn: _Conn, request: Request) -> bool:
         """Serve requests on ``conn`` while whole ones are already buffered (pipelining)."""
-        conn.sock.settimeout(self.options.body_timeout)
         while True:
             if not _Exchange(self, conn, request).run():
                 return False
@@ -476,7 +474,7 @@ class WSGIServer:
             try:
                 event = conn.parser.next_event()
             except HTTPError as exc:
-                _send_all(conn.sock, http11.error_response(exc.status))
+                _send_all(conn, http11.error_response(exc.status))
                 return False
             if event is NEED_DATA:
                 conn.head_started = time.monotonic() if conn.parser.buffered else None
@@ -708,7 +706,7 @@ class _Exchange:
         else:
             out += data
         if out:
-            _send_all(self.conn.sock, out)
+            _send_all(self.conn, out)
 
     def _sendfile(self, wrapper: "FileWrapper") -> bool:
         filelike = wrapper.filelike
@@ -723,12 +721,15 @@ class _Exchange:
         count = max(0, size - offset)
         if self.length is not None:
             count = min(count, self.length)
-        _send_all(self.conn.sock, self._head(count))
+        _send_all(self.conn, self._head(count))
         self.head_sent = True
         # count 0 would be refused by socket.sendfile (an empty file is a complete response).
         if count and not http11.no_body_expected(self.request.method, int(self.status[:3])):  # type: ignore[index]
+            sock = self.conn.sock
             try:
-                sent = self.conn.sock.sendfile(filelike, offset, count)
+                sock.settimeout(self.conn.timeout)  # sendfile refuses a non-blocking socket
+                sent = sock.sendfile(filelike, offset, count)
+                sock.setblocking(False)
             except OSError:
                 raise _ClientGone() from None
             self.sent += sent
@@ -751,30 +752,62 @@ class _ClientGone(Exception):
     """The client closed or reset the connection, or stopped reading in time."""
 
 
-def _send_all(sock: socket.socket, data: bytes) -> None:
-    """Send everything; the socket's timeout bounds each wait for progress, not the total.
+def _send_all(conn: _Conn, data: bytes) -> None:
+    """Send everything; ``conn.timeout`` bounds each wait for progress, not the total.
 
-    ``sendall`` applies the timeout to the whole call, which cuts off a large response to a
-    slow but steady client; each ``send`` waits for room anew.
+    ``sendall`` applies a timeout to the whole call, which cuts off a large response to a
+    slow but steady client; each ``send`` waits for room anew. The socket stays non-blocking:
+    a response that fits the kernel's buffer (the usual case) costs one system call, where a
+    socket with a timeout polls before every send and costs two more to switch modes.
     """
+    sock = conn.sock
     view = memoryview(data)
     unsent = -1  # the kernel's send queue when it was last full
     try:
         while view:
             try:
                 sent = sock.send(view)
-            except socket.timeout:
+            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError) as exc:
+                if _wait_until(sock, exc, True, conn.timeout):
+                    continue
                 # The kernel wakes a sender only once much of its queue is free: a client
                 # that reads slowly made progress if the queue shrank at all.
                 before, unsent = unsent, unsent_bytes(sock.fileno())
                 if 0 <= unsent < before:
                     continue
-                raise
+                raise _ClientGone() from None
             view = view[sent:]
             if view:  # the queue is full: measure progress from here
                 unsent = unsent_bytes(sock.fileno())
     except OSError:
         raise _ClientGone() from None
+
+
+def _recv(conn: _Conn) -> bytes:
+    """The next bytes from the client, waiting at most ``conn.timeout`` for them."""
+    sock = conn.sock
+    while True:
+        try:
+            return sock.recv(_RECV)
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError) as exc:
+            if not _wait_until(sock, exc, False, conn.timeout):
+                raise _ClientGone() from None
+        except OSError:
+            raise _ClientGone() from None
+
+
+def _wait_until(sock: socket.socket, blocked: Exception, writing: bool, timeout: float) -> bool:
+    """Wait until ``sock`` can go on after ``blocked``; False if ``timeout`` passed first.
+
+    TLS may have to read to write, or the reverse: its error says which it waits for.
+    """
+    if isinstance(blocked, ssl.SSLWantReadError):
+        writing = False
+    elif isinstance(blocked, ssl.SSLWantWriteError):
+        writing = True
+    poller = select.poll()
+    poller.register(sock, select.POLLOUT if writing else select.POLLIN)
+    return bool(poller.poll(timeout * 1000))
 
 
 class _Input(io.RawIOBase):
@@ -804,7 +837,7 @@ class _Input(io.RawIOBase):
             return False
         if self._continue_pending:
             self._continue_pending = False
-            _send_all(self._conn.sock, b"HTTP/1.1 100 Continue\r\n\r\n")
+            _send_all(self._conn, b"HTTP/1.1 100 Continue\r\n\r\n")
         parser = self._conn.parser
         while True:
             event = parser.next_event()
@@ -815,10 +848,7 @@ class _Input(io.RawIOBase):
             if isinstance(event, EndOfMessage):
                 self._done = True
                 return False
-            try:
-                data = self._conn.sock.recv(_RECV)
-            except OSError:
-                raise _ClientGone() from None
+            data = _recv(self._conn)
             if not data:
                 raise _ClientGone()
             parser.feed(data)
