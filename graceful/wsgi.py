@@ -569,13 +569,18 @@ class _Exchange:
         self.conn = conn
         self.request = request
         self.status: Optional[str] = None
-        self.headers: List[Tuple[str, str]] = []
+        self.code = 0  # the status as a number
+        self.headers: List[Tuple[bytes, bytes]] = []  # checked, encoded, without the framing
         self.head_sent = False
         self.chunked = False
         self.length: Optional[int] = None  # Content-Length the app declared
         self.sent = 0
         self.keep_alive = request.keep_alive
-        self.input = _Input(conn, request, server.options.body_timeout)
+        self.body: Optional[_Input] = None
+        if request.has_body:
+            self.body = _Input(conn, request)
+        else:
+            _end_of_message(conn.parser)
         self.started = time.time()
         self.origin: Optional[Origin] = None  # who the request is from, behind any proxy
 
@@ -595,19 +600,20 @@ class _Exchange:
         self._log()
         if not (self.keep_alive and self.head_sent and self._complete()):
             return False  # the close reads off what the client still sends
-        return self.input.finish()
+        return self.body is None or self.body.finish()
 
     def _complete(self) -> bool:
         """Whether the client got the whole body the head announced."""
         if self.length is None or self.sent == self.length:
             return True
-        return http11.no_body_expected(self.request.method, int(self.status[:3]))  # type: ignore[index]
+        return http11.no_body_expected(self.request.method, self.code)
 
     def _answer_readiness(self) -> None:
         ready = self.server.lifecycle.ready_for_traffic
         body = b"ready\n" if ready else b"not ready\n"
         self.status = "200 OK" if ready else "503 Service Unavailable"
-        self.headers = [("Content-Type", "text/plain")]
+        self.code = 200 if ready else 503
+        self.headers = [(b"Content-Type", b"text/plain")]
         self.length = len(body)
         self._send(body, final=True)
 
@@ -655,8 +661,9 @@ class _Exchange:
             return  # the client sees the close
         reason = http11.REASONS.get(status, "Error")
         self.status = f"{status} {reason}"
+        self.code = status
         body = reason.encode() + b"\n"
-        self.headers = [("Content-Type", "text/plain")]
+        self.headers = [(b"Content-Type", b"text/plain")]
         self.length = len(body)
         self._send(body, final=True)
 
@@ -673,7 +680,7 @@ class _Exchange:
         environ: Dict[str, Any] = {
             "REQUEST_METHOD": request.method.decode("latin-1"),
             "SCRIPT_NAME": "",
-            "PATH_INFO": unquote_to_bytes(request.path).decode("latin-1"),
+            "PATH_INFO": _path_info(request.path),
             "QUERY_STRING": request.query.decode("latin-1"),
             "RAW_URI": request.target.decode("latin-1"),
             "SERVER_NAME": origin.server[0] if origin.server else conn.server_addr[0],
@@ -682,7 +689,7 @@ class _Exchange:
             "REMOTE_ADDR": origin.client[0] if origin.client else "",
             "wsgi.version": (1, 0),
             "wsgi.url_scheme": origin.scheme,
-            "wsgi.input": self.input,
+            "wsgi.input": self.body if self.body is not None else io.BytesIO(),
             "wsgi.errors": sys.stderr,
             "wsgi.multithread": True,
             "wsgi.multiprocess": False,
@@ -698,15 +705,14 @@ class _Exchange:
         if conn.tls is not None:
             environ.update(conn.tls)
         for name, value in request.headers:
-            if b"_" in name:
-                continue  # CGI would turn "-" and "_" alike into "_": a spoofing vector
-            key = name.decode("latin-1").upper().replace("-", "_")
-            text = value.decode("latin-1")
-            if key == "CONTENT_TYPE" or key == "CONTENT_LENGTH":
-                environ[key] = text
+            key = _CGI_KEYS.get(name) or _cgi_key(name)
+            if key is _DROPPED:
                 continue
-            key = "HTTP_" + key
-            environ[key] = environ[key] + "," + text if key in environ else text
+            text = value.decode("latin-1")
+            if key in environ and key != "CONTENT_TYPE" and key != "CONTENT_LENGTH":
+                environ[key] += "," + text
+            else:
+                environ[key] = text
         if request.chunked:
             environ.pop("HTTP_TRANSFER_ENCODING", None)
         if origin.host is not None:
@@ -727,19 +733,19 @@ class _Exchange:
             raise ValueError(f"WSGI status must look like '200 OK', got {status!r}")
         checked = []
         length: Optional[int] = None
-        for name, value in headers:
-            if not http11.is_valid_header(name.encode("latin-1"), value.encode("latin-1")):
-                raise ValueError(f"invalid response header {name!r}: {value!r}")
-            lower = name.lower()
-            if lower == "content-length":
-                if not value.isascii() or not value.strip().isdigit():
-                    raise ValueError(f"invalid Content-Length {value!r}")
-                length = int(value)
-                continue  # sent once, by frame_response
-            elif lower in ("connection", "transfer-encoding", "keep-alive"):
-                continue  # hop-by-hop: the server decides framing and persistence
-            checked.append((name, value))
+        for header in headers:
+            try:
+                kind = _CHECKED_HEADERS.get(header)
+            except TypeError:  # a list, not a tuple
+                kind = None
+            if kind is None:
+                kind = _check_header(header)
+            if kind.__class__ is tuple:
+                checked.append(kind)
+            elif kind is not _DROPPED:
+                length = kind  # type: ignore[assignment]  # sent once, by frame_response
         self.status = status
+        self.code = int(status[:3])
         self.headers = checked
         self.length = length
         return self._write
@@ -753,11 +759,10 @@ class _Exchange:
 
     def _head(self, body_length: Optional[int]) -> bytes:
         assert self.status is not None, "the application returned without calling start_response"
-        if not self.input.can_read_off():
+        if self.body is not None and not self.body.can_read_off():
             self.keep_alive = False  # say so in the head: never close a promised keep-alive
-        headers = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in self.headers]
         head, self.length, self.chunked, self.keep_alive = http11.frame_response(
-            self.request, int(self.status[:3]), self.status.encode("latin-1"), headers,
+            self.request, self.code, self.status.encode("latin-1"), self.headers,
             self.length, body_length, self.keep_alive, self.server.lifecycle.draining)
         return head
 
@@ -770,7 +775,7 @@ class _Exchange:
                 return  # nothing to send yet: keep the chance of a Content-Length
             out = self._head(len(data) if final else None)
             self.head_sent = True
-        no_body = http11.no_body_expected(self.request.method, int(self.status[:3]))  # type: ignore[index]
+        no_body = http11.no_body_expected(self.request.method, self.code)
         if no_body:
             data = b""
         elif self.length is not None and self.sent + len(data) > self.length:
@@ -803,7 +808,7 @@ class _Exchange:
         _send_all(self.conn, self._head(count))
         self.head_sent = True
         # count 0 would be refused by socket.sendfile (an empty file is a complete response).
-        if count and not http11.no_body_expected(self.request.method, int(self.status[:3])):  # type: ignore[index]
+        if count and not http11.no_body_expected(self.request.method, self.code):
             sock = self.conn.sock
             try:
                 sock.settimeout(self.conn.timeout)  # sendfile refuses a non-blocking socket
@@ -889,23 +894,74 @@ def _wait_until(sock: socket.socket, blocked: Exception, writing: bool, timeout:
     return bool(poller.poll(timeout * 1000))
 
 
+def _end_of_message(parser: RequestParser) -> None:
+    """Take the end of a request without a body from the parser."""
+    event = parser.next_event()
+    assert isinstance(event, EndOfMessage), event
+
+
+# The WSGI environ key of each request header name seen, or _DROPPED: CGI would turn "-" and
+# "_" alike into "_", a spoofing vector, so names with "_" are left out. Bounded: emptied when
+# full, so a client that sends new names all the time only costs the work it saves.
+_DROPPED = ""
+_CGI_KEYS: Dict[bytes, str] = {}
+
+
+def _cgi_key(name: bytes) -> str:
+    if b"_" in name:
+        key = _DROPPED
+    else:
+        key = name.decode("latin-1").upper().replace("-", "_")
+        if key != "CONTENT_TYPE" and key != "CONTENT_LENGTH":
+            key = "HTTP_" + key
+    if len(_CGI_KEYS) >= 512:
+        _CGI_KEYS.clear()
+    _CGI_KEYS[name] = key
+    return key
+
+
+def _path_info(path: bytes) -> str:
+    return (unquote_to_bytes(path) if b"%" in path else path).decode("latin-1")
+
+
+# Response headers the application sent before (most are the same on every response), as
+# checked: the (name, value) pair encoded, the Content-Length as an int, or _DROPPED for a
+# hop-by-hop header (the server decides framing and persistence). Bounded like _CGI_KEYS.
+_CHECKED_HEADERS: Dict[Tuple[str, str], Any] = {}
+_HOP_BY_HOP = frozenset(("connection", "transfer-encoding", "keep-alive"))
+
+
+def _check_header(header: Tuple[str, str]) -> Any:
+    name, value = header
+    encoded = (name.encode("latin-1"), value.encode("latin-1"))
+    if not http11.is_valid_header(*encoded):
+        raise ValueError(f"invalid response header {name!r}: {value!r}")
+    lower = name.lower()
+    kind: Any = encoded
+    if lower == "content-length":
+        if not value.isascii() or not value.strip().isdigit():
+            raise ValueError(f"invalid Content-Length {value!r}")
+        kind = int(value)
+    elif lower in _HOP_BY_HOP:
+        kind = _DROPPED
+    if header.__class__ is tuple and name.__class__ is str and value.__class__ is str:
+        if len(_CHECKED_HEADERS) >= 512:
+            _CHECKED_HEADERS.clear()
+        _CHECKED_HEADERS[header] = kind
+    return kind
+
+
 class _Input(io.RawIOBase):
     """``wsgi.input``: the request body, read on demand; safe to under-read."""
 
-    def __init__(self, conn: _Conn, request: Request, timeout: float) -> None:
+    def __init__(self, conn: _Conn, request: Request) -> None:
         super().__init__()
         self._conn = conn
         self._request = request
         self._buffer = bytearray()
         self._received = 0  # body bytes taken from the parser
-        self._done = not request.has_body
+        self._done = False
         self._continue_pending = request.expect_continue
-        if self._done:
-            self._consume_end()
-
-    def _consume_end(self) -> None:
-        event = self._conn.parser.next_event()
-        assert isinstance(event, EndOfMessage), event
 
     def readable(self) -> bool:
         return True
