@@ -677,15 +677,16 @@ class _Exchange:
                                        scheme=conn.scheme or options.url_scheme,
                                        server=(conn.server_addr[0], int(port) if port else None),
                                        trust=options.forwarded_trust)
+        server = origin.server
         environ: Dict[str, Any] = {
-            "REQUEST_METHOD": request.method.decode("latin-1"),
+            "REQUEST_METHOD": _METHODS.get(request.method) or request.method.decode("latin-1"),
             "SCRIPT_NAME": "",
             "PATH_INFO": _path_info(request.path),
             "QUERY_STRING": request.query.decode("latin-1"),
             "RAW_URI": request.target.decode("latin-1"),
-            "SERVER_NAME": origin.server[0] if origin.server else conn.server_addr[0],
-            "SERVER_PORT": str(origin.server[1] or "") if origin.server else "",
-            "SERVER_PROTOCOL": "HTTP/" + request.version.decode(),
+            "SERVER_NAME": server[0] if server else conn.server_addr[0],
+            "SERVER_PORT": str(server[1] or "") if server else "",
+            "SERVER_PROTOCOL": _PROTOCOLS.get(request.version) or "HTTP/" + request.version.decode(),
             "REMOTE_ADDR": origin.client[0] if origin.client else "",
             "wsgi.version": (1, 0),
             "wsgi.url_scheme": origin.scheme,
@@ -918,6 +919,10 @@ def _cgi_key(name: bytes) -> str:
         _CGI_KEYS.clear()
     _CGI_KEYS[name] = key
     return key
+
+
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
+_PROTOCOLS = {b"1.1": "HTTP/1.1", b"1.0": "HTTP/1.0"}
 
 
 def _path_info(path: bytes) -> str:
