@@ -15,6 +15,7 @@ the listeners and the clock: it accepts, expires idle and slow connections, and 
 
 from __future__ import annotations
 
+import fcntl
 import io
 import logging
 import os
@@ -22,7 +23,9 @@ import select
 import selectors
 import socket
 import ssl
+import struct
 import sys
+import termios
 import threading
 import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -345,6 +348,10 @@ class WSGIServer:
         """Close an overdue connection we took; False if it is not idle after all."""
         if conn.lingering is not None:
             self._close(conn)
+        elif _unread_bytes(conn.sock.fileno()):
+            # What it sent waits for a worker (they were all busy): it is not idle, and
+            # closing it now would lose a request the client already sent.
+            return False
         elif conn.head_started is not None:
             if conn.preamble is not None or conn.handshaking:
                 log.info("closed a connection from %s: no %s in time", _peer_text(conn),
@@ -1087,6 +1094,14 @@ def _server_address(listener: socket.socket) -> Tuple[str, str]:
     if isinstance(name, bytes):
         name = "@" + name[1:].decode("utf-8", "replace") if name[:1] == b"\0" else name.decode()
     return str(name) or "localhost", ""
+
+
+def _unread_bytes(fd: int) -> int:
+    """Bytes received on a socket that nobody has read yet (FIONREAD); 0 if it cannot be told."""
+    try:
+        return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+    except (OSError, ValueError):
+        return 0
 
 
 def _tls_pending(sock: socket.socket) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import socket
 import threading
 from typing import List
@@ -15,6 +16,9 @@ from _serve import Client, Served
 
 APP = '''
 import json
+import sys
+
+FIFO = FIFO_PATH
 
 def app(environ, start_response):
     path = environ["PATH_INFO"]
@@ -32,6 +36,12 @@ def app(environ, start_response):
     if path == "/hop":  # hop-by-hop headers are the server's to decide
         start_response("200 OK", [("Connection", "close"), ("Content-Length", "3")])
         return [b"hop"]
+    if path == "/hold":  # keeps its worker until the test writes a byte to the FIFO
+        print("holding", file=sys.stderr, flush=True)
+        with open(FIFO, "rb") as fifo:
+            fifo.read(1)
+        start_response("200 OK", [("Content-Length", "5")])
+        return [b"held\\n"]
     if path == "/env":
         keys = sorted(k for k in environ if k.startswith("HTTP_") or k.startswith("CONTENT_"))
         body = json.dumps({k: environ[k] for k in keys}).encode()
@@ -43,7 +53,9 @@ def app(environ, start_response):
 
 
 def _serve(procs, tmp_path, *extra: str) -> Served:
-    (tmp_path / "speed_app.py").write_text(APP)
+    fifo = tmp_path / "hold.fifo"
+    os.mkfifo(fifo)
+    (tmp_path / "speed_app.py").write_text(APP.replace("FIFO_PATH", repr(str(fifo))))
     return Served(procs, tmp_path, str(tmp_path / "speed_app.py") + ":app", *extra)
 
 
@@ -127,3 +139,26 @@ def test_remembered_headers_change_no_answer(procs, tmp_path):
     assert response.body == b"hop" and "connection" not in response.headers
     client.sock.close()
     assert served.log().count("ValueError: invalid response header") == 3, served.log()
+
+
+def test_a_request_waiting_for_a_busy_worker_is_not_closed_as_idle(procs, tmp_path):
+    # With every worker busy, a keep-alive connection whose next request has arrived looks
+    # idle (nobody read it yet); the keep-alive timeout must not close it and lose the request.
+    served = _serve(procs, tmp_path, "--threads", "1", "--keepalive-timeout", "1")
+    waiting, idle, holder = (Client(served.connect(timeout=60)) for _ in range(3))
+    assert waiting.request("GET", "/hello").status == 200  # idle since, first
+    assert idle.request("GET", "/hello").status == 200  # idle since, after it
+    holder.send(b"GET /hold HTTP/1.1\r\nHost: t\r\n\r\n")
+    served.wait(lambda: "holding" in served.log(), what="the only worker in the app")
+    waiting.send(b"GET /hello HTTP/1.1\r\nHost: t\r\n\r\n")
+    # The truly idle connection is closed by the keep-alive timeout; by then the other one
+    # was overdue too (its last answer came first).
+    assert idle.closed_by_server(timeout=60)
+    assert not select.select([waiting.sock], [], [], 0)[0], "closed with a request in"
+    with open(tmp_path / "hold.fifo", "wb") as fifo:
+        fifo.write(b"x")
+    assert holder.response().body == b"held\n"
+    response = waiting.response()
+    assert (response.status, response.body) == (200, b"hello\n")
+    for client in (waiting, idle, holder):
+        client.sock.close()
