@@ -57,7 +57,7 @@ class _Conn:
 
     __slots__ = ("sock", "parser", "peer", "server_addr", "unix", "since", "head_started",
                  "lingering", "unsent", "served", "preamble", "handshaking", "tls", "scheme",
-                 "timeout")
+                 "timeout", "plain_origin")
 
     def __init__(self, sock: socket.socket, peer: Any, server_addr: Tuple[str, str], unix: bool,
                  limits: Limits, timeout: float) -> None:
@@ -76,6 +76,22 @@ class _Conn:
         self.tls: Optional[Dict[str, str]] = None  # environ keys of the TLS connection
         self.scheme: Optional[str] = None  # https if a PROXY header says the client used TLS
         self.timeout = timeout  # a worker's longest wait for the client to make progress
+        self.plain_origin: Optional[Origin] = None  # for its requests without forwarded headers
+
+    def origin(self, request: Request, options: ServerOptions) -> Origin:
+        """Who ``request`` is from: the connection's own origin unless it carries forwarded
+        headers (worked out once per connection; its Host is the request's own field)."""
+        if self.plain_origin is not None and not request.forwarded:
+            return self.plain_origin
+        port = self.server_addr[1]
+        origin = resolve(None if self.unix else self.peer,
+                         request.headers if request.forwarded else [],
+                         scheme=self.scheme or options.url_scheme,
+                         server=(self.server_addr[0], int(port) if port else None),
+                         trust=options.forwarded_trust)
+        if not request.forwarded:
+            self.plain_origin = origin
+        return origin
 
 
 class _Parked:
@@ -679,11 +695,7 @@ class _Exchange:
     def _environ(self) -> Dict[str, Any]:
         request, conn = self.request, self.conn
         options = self.server.options
-        port = conn.server_addr[1]
-        origin = self.origin = resolve(None if conn.unix else conn.peer, request.headers,
-                                       scheme=conn.scheme or options.url_scheme,
-                                       server=(conn.server_addr[0], int(port) if port else None),
-                                       trust=options.forwarded_trust)
+        origin = self.origin = conn.origin(request, options)
         server = origin.server
         environ: Dict[str, Any] = {
             "REQUEST_METHOD": _METHODS.get(request.method) or request.method.decode("latin-1"),
