@@ -556,9 +556,9 @@ def _internal_env() -> FrozenSet[str]:
     known here the moment it is declared. The modules are imported on first use, not with this
     one: reuseport loads ctypes, which only ``--reuse-port`` otherwise needs.
     """
-    from . import fdenv, heartbeat, reuseport, upgrader
+    from . import fdenv, heartbeat, master, reuseport, upgrader
 
-    modules = (fdenv, heartbeat, reuseport, upgrader, sys.modules[__name__])
+    modules = (fdenv, heartbeat, master, reuseport, upgrader, sys.modules[__name__])
     return frozenset(value for module in modules for name, value in vars(module).items()
                      if name.startswith(("ENV_", "_ENV_")) and isinstance(value, str)
                      and value.startswith(ENV_PREFIX) and value != ENV_PREFIX)
