@@ -136,7 +136,7 @@ def _https_rows(args, only) -> Dict[str, dict]:
                 for mode, close in (("keep-alive", False), ("new connection", True)):
                     rows[f"{name}, {mode}"] = {"kind": spec["kind"], "status": "ok",
                                                **_wrk(port, args.duration, args.connections,
-                                                      https=True, close=close)}
+                                                      https=True, close=close, pgid=proc.pid)}
                     print(f"{name}, {mode}: {rows[f'{name}, {mode}']['rps']} req/s",
                           file=sys.stderr)
             finally:
@@ -186,14 +186,37 @@ def _stop(proc: subprocess.Popen) -> None:
     proc.wait(30)
 
 
+def _group_cpu(pgid: int) -> float:
+    """CPU seconds (user + system) used so far by the processes of group ``pgid`` (a server
+    and its workers; each was started in a session of its own)."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # it exited meanwhile
+        if int(fields[2]) == pgid:
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def _wrk(port: int, duration: float, connections: int, https: bool = False,
-         close: bool = False) -> dict:
+         close: bool = False, pgid: Optional[int] = None) -> dict:
+    """wrk's numbers, and with ``pgid`` the server's CPU time per request: unlike req/s it
+    hardly depends on what else the machine runs (the load generator included)."""
     extra = ["-H", "Connection: close"] if close else []
     scheme = "https" if https else "http"
+    cpu_before = _group_cpu(pgid) if pgid else 0.0
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency",
                           *extra, f"{scheme}://127.0.0.1:{port}/"], capture_output=True,
                          text=True, timeout=duration + 60).stdout
+    cpu = _group_cpu(pgid) - cpu_before if pgid else None
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    done = re.search(r"(\d+) requests in", out)
+    requests = int(done.group(1)) if done else 0
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: (.*)", out)
 
@@ -204,7 +227,9 @@ def _wrk(port: int, duration: float, connections: int, https: bool = False,
         scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
         return round(float(m.group(1)) * scale, 3)
 
-    return {"rps": round(rate), "p50_ms": percentile("50"), "p99_ms": percentile("99"),
+    cpu_us = round(cpu / requests * 1e6, 1) if cpu is not None and requests else None
+    return {"rps": round(rate), "cpu_us_per_request": cpu_us,
+            "p50_ms": percentile("50"), "p99_ms": percentile("99"),
             "errors": (int(errors.group(1)) if errors else 0),
             "socket_errors": socket_errors.group(1) if socket_errors else ""}
 
@@ -296,9 +321,9 @@ def main() -> int:
         spec = _servers(port)[name]
         proc = _start(spec["cmd"], port)
         try:
-            measure = _wrk if tool == "wrk" else _loadgen
-            results[name] = {"kind": spec["kind"], "status": "ok",
-                             **measure(port, args.duration, args.connections)}
+            measured = (_wrk(port, args.duration, args.connections, pgid=proc.pid)
+                        if tool == "wrk" else _loadgen(port, args.duration, args.connections))
+            results[name] = {"kind": spec["kind"], "status": "ok", **measured}
         finally:
             _stop(proc)
         print(f"{name}: {results[name]['rps']} req/s", file=sys.stderr)
@@ -322,7 +347,7 @@ def main() -> int:
 
 
 def _table(results: Dict[str, dict], idle: Dict[str, dict]) -> str:
-    lines = [f"{'server':48} {'req/s':>8} {'p50':>9} {'p99':>9}  ratio"]
+    lines = [f"{'server':48} {'req/s':>8} {'CPU/req':>9} {'p50':>9} {'p99':>9}  ratio"]
     for kind in ("wsgi", "asgi"):
         ours = results.get(f"graceful {kind.upper()}", {}).get("rps")
         for name, r in results.items():
@@ -333,19 +358,28 @@ def _table(results: Dict[str, dict], idle: Dict[str, dict]) -> str:
                 continue
             plain = not name.startswith("graceful") and "TLS" not in name
             ratio = f"{ours / r['rps']:.2f}x" if ours and plain else ""
-            lines.append(f"{name:48} {r['rps']:>8} {_ms(r['p50_ms']):>9} {_ms(r['p99_ms']):>9}  "
-                         f"{ratio}")
+            lines.append(f"{name:48} {r['rps']:>8} {_us(r.get('cpu_us_per_request')):>9} "
+                         f"{_ms(r['p50_ms']):>9} {_ms(r['p99_ms']):>9}  {ratio}")
     for ours_name, peer, goal in RATIOS:
         ours, theirs = results.get(ours_name, {}), results.get(peer, {})
         if ours.get("status") == "ok" and theirs.get("status") == "ok":
-            lines.append(f"ratio {ours_name} / {peer}: {ours['rps'] / theirs['rps']:.2f} "
-                         f"(goal >= {goal:g})")
+            line = f"ratio {ours_name} / {peer}: {ours['rps'] / theirs['rps']:.2f} (goal >= {goal:g})"
+            if ours.get("cpu_us_per_request") and theirs.get("cpu_us_per_request"):
+                # The same ratio from CPU time per request: work per request, steadier when
+                # the machine is busy than req/s.
+                line += (f"; per CPU second "
+                         f"{theirs['cpu_us_per_request'] / ours['cpu_us_per_request']:.2f}")
+            lines.append(line)
     for name, r in idle.items():
         lines.append(f"{name}, {r['connections']} idle keep-alive connections: "
                      f"+{r['rss_added_mb']} MB RSS, threads {r['threads_before']} -> "
                      f"{r['threads_after']}, all closed {r['drain_all_closed_s']} s after "
                      f"SIGQUIT ({r['closed_cleanly']} with a clean FIN)")
     return "\n".join(lines)
+
+
+def _us(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.1f} us"
 
 
 def _ms(value: Optional[float]) -> str:
