@@ -148,7 +148,8 @@ _REQUEST_LINE = re.compile(b"([" + _TCHAR + b"]+) ([" + _TARGET_CHAR + rb"]+) HT
 # else (a head not all here yet, a folded line, a control byte) takes the incremental scan,
 # which finds and names the error. Every repetition stops at a byte it cannot take, so the
 # match is linear in the head.
-_WHOLE_HEAD = re.compile(b"([" + _TCHAR + b"]+) ([" + _TARGET_CHAR + rb"]+) (HTTP/[0-9]\.[0-9])\r\n"
+_WHOLE_HEAD = re.compile(b"([" + _TCHAR + b"]+) ([" + _TARGET_CHAR + rb"]+) "
+                         rb"(HTTP/[0-9]\.[0-9])\r\n"
                          rb"((?:[" + _TCHAR + rb"]+:[\t\x20-\x7e\x80-\xff]*\r\n)*)\r\n").match
 _VERSION_PREFIX = re.compile(rb"(?:H(?:T(?:T(?:P(?:/(?:[0-9](?:\.(?:[0-9]\r?)?)?)?)?)?)?)?)?").fullmatch
 

@@ -30,8 +30,9 @@ gets one end of a socket pair (``GRACEFUL_DRAIN_GATE_FD``). A stopping worker wr
 ``stopped`` on it once it no longer accepts, then waits before it closes its WebSockets; the
 master answers ``close CODE`` (1012 on a reload, 1001 on a final stop) once no stopping worker
 still accepts (during the master's own lame duck or final stop: no worker at all, since each
-may drain by its own lame duck timer before the master stops it). Without that, a client closed by one old worker could reconnect to a sibling old
-worker that had not handled its stop signal yet. A worker that never confirms holds the others
+may drain by its own lame duck timer before the master stops it). Without that, a client
+closed by one old worker could reconnect to a sibling old worker that had not handled its stop
+signal yet. A worker that never confirms holds the others
 back for at most half the graceful timeout; one that closes its end (it exited, or has no
 WebSockets: a WSGI worker) has nothing to confirm.
 
