@@ -33,6 +33,7 @@ from typing import Dict, List, Optional
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
+from graceful import _proc  # noqa: E402
 from graceful._loadgen import LoadGenerator, Stats  # noqa: E402
 
 PY = sys.executable
@@ -189,18 +190,7 @@ def _stop(proc: subprocess.Popen) -> None:
 def _group_cpu(pgid: int) -> float:
     """CPU seconds (user + system) used so far by the processes of group ``pgid`` (a server
     and its workers; each was started in a session of its own)."""
-    total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # it exited meanwhile
-        if int(fields[2]) == pgid:
-            total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+    return sum(member.cpu_seconds for member in _proc.group(pgid))
 
 
 def _wrk(port: int, duration: float, connections: int, https: bool = False,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Iterator, List, NamedTuple, Optional, Tuple
 
-__all__ = ["state", "running", "children", "reap_exited", "TCPSocket", "tcp_sockets",
+__all__ = ["state", "running", "children", "group", "reap_exited", "TCPSocket", "tcp_sockets",
            "tcp_listeners", "LISTEN", "ESTABLISHED"]
 
 
@@ -39,6 +39,32 @@ def children(pid: int, zombies: bool = False) -> List[int]:
             if stat is not None and stat[1] == pid and (zombies or stat[0] not in ("Z", "X")):
                 kids.append(int(entry))
     return sorted(kids)
+
+
+class Member(NamedTuple):
+    """A process of a process group, as /proc/PID/stat shows it."""
+
+    pid: int
+    state: str  # R, S, D, Z, ...
+    cpu_seconds: float  # user + system time so far
+
+
+def group(pgid: int) -> List[Member]:
+    """Every process of process group ``pgid`` (zombies included: check ``state``)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            if int(fields[2]) == pgid:
+                members.append(Member(int(entry), fields[0].decode(),
+                                      (int(fields[11]) + int(fields[12])) / tick))
+        except (OSError, IndexError, ValueError):
+            continue  # it exited meanwhile
+    return members
 
 
 def reap_exited() -> Iterator[Tuple[int, int]]:

@@ -15,6 +15,7 @@ import sys
 
 import pytest
 
+from graceful import _proc
 from _support import PYTHON, children_of, process_state, reap_orphans, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -88,19 +89,8 @@ def test_a_dead_pidfile_is_seen_by_the_watch(tmp_path):
 
 
 def _group_members(pgid: int):
-    """Live (not zombie) processes of process group ``pgid``, from /proc."""
-    members = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(entry))
-    return members
+    """Live (not zombie) processes of process group ``pgid``."""
+    return [m.pid for m in _proc.group(pgid) if m.state != "Z"]
 
 
 def _ready_server_of(script_pid: int):
