@@ -378,6 +378,7 @@ class _HttpProtocol(asyncio.Protocol):
         self.delivered = 0  # of those, bytes the client has taken (acknowledged)
         self.delivered_at = 0.0  # loop time the client last took some
         self.plain_origin: Optional[Origin] = None  # for requests without forwarded headers
+        self.tracked: Any = None  # the drain's record of this connection
 
     # -- connection events ----------------------------------------------------------------------
 
@@ -392,7 +393,7 @@ class _HttpProtocol(asyncio.Protocol):
         sslobj = transport.get_extra_info("ssl_object")
         if sslobj is not None:
             self.tls = asgi_extension(client_certificate(sslobj))
-        self.drain.track(transport)
+        self.tracked = self.drain._track(transport)  # the drain's record: idle or busy
         self.server.protocols.add(self)
         # Not idle for the drain yet: until its first request arrives, a connection is one whose
         # client is about to send (the keep-alive timeout still bounds it).
@@ -414,7 +415,7 @@ class _HttpProtocol(asyncio.Protocol):
         self.parser.feed(data)
         if self.cycle is None:
             self.idle_since = None
-            self.drain.busy(self.transport)
+            self.tracked.idle_since = None  # busy, for the drain
         self._advance()
 
     def eof_received(self) -> Optional[bool]:
@@ -436,23 +437,29 @@ class _HttpProtocol(asyncio.Protocol):
 
     def _advance(self) -> None:
         """Feed parser events to the current cycle, or start the next one."""
+        parser = self.parser
         while not self.closing:
             try:
-                event = self.parser.next_event()
+                event = parser.next_event()
             except HTTPError as exc:
                 self._refuse(exc)
                 return
             if event is NEED_DATA:
                 if self.cycle is None:
-                    if self.parser.buffered and self.head_since is None:
+                    if parser.buffered and self.head_since is None:
                         self.head_since = self.loop.time()
                 elif self.cycle.buffered > _HIGH_WATER:
                     self.transport.pause_reading()
                 return
             if isinstance(event, Request):
                 self.head_since = None
-                self.cycle = _Cycle(self, event)
-                self.cycle.start()
+                cycle = self.cycle = _Cycle(self, event)
+                if not event.has_body:
+                    # Its EndOfMessage, at once: the cycle knows the body is complete.
+                    parser.next_event()
+                    cycle.start()
+                    return  # the next request waits until this response is done
+                cycle.start()
             elif isinstance(event, Body):
                 self.cycle.body(event.data)  # type: ignore[union-attr]
             elif isinstance(event, EndOfMessage):
@@ -497,7 +504,9 @@ class _HttpProtocol(asyncio.Protocol):
 
     def _idle(self) -> None:
         self.idle_since = self.loop.time()
-        self.drain.idle(self.transport)
+        tracked = self.tracked
+        if tracked.idle_since is None:  # idle for the drain (its clock is time.monotonic)
+            tracked.idle_since = time.monotonic()
 
     def write(self, data: bytes) -> None:
         if self.delivered == self.written:
@@ -594,7 +603,7 @@ class _Cycle:
         self.paused_reading = False
         self.body_complete = not request.has_body
         self.received = 0  # body bytes from the client so far
-        self.body_at = protocol.loop.time()  # loop time the last piece of body arrived
+        self.body_at = 0.0  # loop time the last piece of body arrived (or read_off began)
         self.reading_off = False  # the response is done; the rest of the body is dropped
         self.final_sent = False  # the last http.request message was delivered
         self.gone = False  # the client disconnected, or the response is complete
@@ -689,7 +698,7 @@ class _Cycle:
             "type": "http",
             "asgi": {"version": "3.0", "spec_version": "2.3"},  # the app's own, per request
             "http_version": "1.1" if request.version == b"1.1" else "1.0",
-            "method": request.method.decode("latin-1"),
+            "method": _METHODS.get(request.method) or request.method.decode("latin-1"),
             "scheme": origin.scheme,
             "path": path,  # the root path included, per the ASGI spec
             "raw_path": request.path,
@@ -779,30 +788,22 @@ class _Cycle:
                 lower = _checked_fields.get(field)  # type: ignore[call-overload]
             except TypeError:  # a list, or a bytearray inside: not hashable, checked below
                 lower = None
-            if lower is not None:
+            if lower is None:
+                lower = _checked_field(field)
+            elif lower is _PLAIN:
                 headers.append(field)  # seen before: a valid name and value, not framing
                 continue
-            name, value = field
-            lower = _checked_name(name)
-            if _BAD_VALUE(value):
-                raise RuntimeError(f"invalid response header value {value!r} for {name!r}")
             if lower == b"content-length":
-                if not value.strip().isdigit():
-                    raise RuntimeError(f"invalid content-length {value!r}")
-                self.length = int(value)
-                continue  # sent once, by _build_head
-            if lower in _HOP_BY_HOP:
-                continue  # the server decides framing and persistence
-            headers.append((name, value))
-            if len(_checked_fields) < 1024 and type(field) is tuple and type(value) is bytes:
-                _checked_fields[field] = lower  # an app sends the same few fields again
+                self.length = int(field[1])  # checked to be digits; sent once, by the head
+            elif lower not in _HOP_BY_HOP:  # the server decides framing and persistence
+                headers.append((field[0], field[1]))
         self.status = int(message["status"])
         self.no_body = http11.no_body_expected(self.request.method, self.status)
         self.headers = headers
         self.response_started = True
 
     def _build_head(self, first_body: Optional[int]) -> bytes:
-        if not self.can_read_off():
+        if not self.body_complete and not self.can_read_off():
             self.keep_alive = False  # say so in the head: never close a promised keep-alive
         head, self.length, self.chunked, self.keep_alive = http11.frame_response(
             self.request, self.status, http11.status_line(self.status), self.headers,
@@ -839,8 +840,11 @@ class _Cycle:
             self._body(b"", more=False)  # nothing was sent yet: a complete empty response
             return
         self.response_complete = True
-        self.disconnected()  # a receive() after the response reports the disconnect
-        self._log()
+        self.gone = True  # a receive() after the response reports the disconnect
+        if self.waiters:
+            self._wake()
+        if self.protocol.options.access_log is not None:
+            self._log()
         keep = self.keep_alive and (self.length is None or self.sent == self.length or
                                     self.no_body)
         self.protocol.cycle_done(keep)
@@ -868,10 +872,31 @@ class _Cycle:
         access_log(access_log_line(remote, self.started, self.request, self.status, self.sent))
 
 
+_METHODS = {method.encode(): method for method in (
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE")}  # bytes -> str, shared
 _HOP_BY_HOP = frozenset((b"connection", b"transfer-encoding", b"keep-alive"))
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]").search
 _valid_names: Dict[bytes, bytes] = {}
 _checked_fields: Dict[Tuple[bytes, bytes], bytes] = {}  # (name, value) -> lower-case name
+
+
+_PLAIN = b""  # in _checked_fields: a field sent as it is (neither framing nor hop-by-hop)
+
+
+def _checked_field(field: Any) -> bytes:
+    """The lower-cased name of a response header (name, value), once both are checked;
+    remembered (``_PLAIN`` for most) when the field is a tuple of bytes: apps send the same
+    few fields again and again."""
+    name, value = field
+    lower = _checked_name(name)
+    if _BAD_VALUE(value):
+        raise RuntimeError(f"invalid response header value {value!r} for {name!r}")
+    if lower == b"content-length" and not value.strip().isdigit():
+        raise RuntimeError(f"invalid content-length {value!r}")
+    if len(_checked_fields) < 1024 and type(field) is tuple and type(value) is bytes:
+        plain = lower != b"content-length" and lower not in _HOP_BY_HOP
+        _checked_fields[field] = _PLAIN if plain else lower
+    return lower
 
 
 def _checked_name(name: bytes) -> bytes:

@@ -83,8 +83,14 @@ class AsyncioDrain:
 
     def track(self, transport: asyncio.BaseTransport) -> None:
         """Count a connection of a protocol of your own (``wrap_protocol`` does this for you)."""
+        self._track(transport)
+
+    def _track(self, transport: asyncio.BaseTransport) -> _Connection:
+        """``track``, returning the connection's record: graceful's own servers mark it idle
+        and busy directly (``idle_since``), as ``idle``/``busy`` would, once per request."""
         _no_delay(transport)
-        self._connections[transport] = _Connection(transport, None)
+        record = self._connections[transport] = _Connection(transport, None)
+        return record
 
     def untrack(self, transport: asyncio.BaseTransport) -> None:
         self._connections.pop(transport, None)

@@ -229,10 +229,11 @@ class RequestParser:
         if self._part == _METHOD and self._scan == 0:
             # Tolerate empty lines before a request (RFC 9112 2.2): some clients send a stray
             # CRLF after a POST body.
-            while buf[:2] == b"\r\n":
-                del buf[:2]
-            if buf == b"\r":
-                return NEED_DATA
+            if buf.startswith(b"\r"):
+                while buf[:2] == b"\r\n":
+                    del buf[:2]
+                if buf == b"\r":
+                    return NEED_DATA
             request = self._whole_head()
             if request is not None:
                 return request
@@ -260,14 +261,13 @@ class RequestParser:
             return None
         end = match.end()
         self._examined += end
-        line_end = match.end(3) + 2
+        method, target, version_text, fields = match.groups()
+        line_length = len(method) + len(target) + len(version_text) + 2
         limits = self.limits
-        if line_end - 2 > limits.max_request_line or end - line_end > limits.max_header_bytes + 2:
+        if line_length > limits.max_request_line or len(fields) > limits.max_header_bytes:
             return None  # the scan says which limit
-        method, target = match.group(1), match.group(2)
-        version = _version(match.group(3))  # in _build_request's order, so errors agree
-        fields = match.group(4)
-        headers = _parse_fields(fields[:-2].split(b"\r\n") if fields else [], limits)
+        version = _version(version_text)  # in _build_request's order, so errors agree
+        headers = _matched_fields(fields[:-2].split(b"\r\n"), limits) if fields else []
         if method == b"CONNECT":
             raise HTTPError(501, "CONNECT is not supported")
         path, query, authority = _split_target(target, method)
@@ -300,7 +300,7 @@ class RequestParser:
             # The usual case, a whole request line in the first bytes: one match. (Tried once
             # per head, so it adds at most one pass over the line.)
             line = _REQUEST_LINE(buf)
-            if line is not None:
+            if line is not None and line.end() - 2 <= limit:  # else the scan names the limit
                 self._examined += line.end()
                 self._method_end, self._target_end = line.end(1), line.end(2)
                 self._line_end = self._scan = line.end()
@@ -521,6 +521,24 @@ def _parse_fields(lines: List[bytes], limits: Limits) -> Headers:
     return headers
 
 
+def _matched_fields(lines: List[bytes], limits: Limits) -> Headers:
+    """``_parse_fields`` for lines ``_WHOLE_HEAD`` matched: each is already a token, a colon
+    and a value of allowed bytes, so only the names' case and the count are left to do."""
+    if len(lines) > limits.max_headers:
+        raise HTTPError(431, f"more than {limits.max_headers} header fields")
+    headers: Headers = []
+    names = _known_names
+    for line in lines:
+        name, _, value = line.partition(b":")
+        lower = names.get(name)
+        if lower is None:
+            lower = name.lower()
+            if len(names) < 4096:
+                names[name] = lower
+        headers.append((lower, value.strip(b" \t")))
+    return headers
+
+
 _known_names: Dict[bytes, bytes] = {}
 
 
@@ -586,28 +604,33 @@ def _frame(method: bytes, target: bytes, path: bytes, query: bytes, version: byt
     upgrade: Optional[bytes] = None
     forwarded = False
     host_at = -1
-    for index, (name, value) in enumerate(headers):
-        if name == b"content-length":
+    index = -1
+    for name, value in headers:
+        index += 1
+        kind = _FRAMING_FIELDS.get(name)
+        if kind is None:
+            continue  # most fields: nothing for the framing to do
+        if kind is _CONTENT_LENGTH:
             if content_length is not None:
                 raise HTTPError(400, "repeated Content-Length")
             if not _DIGITS.fullmatch(value):
                 raise HTTPError(400, f"bad Content-Length {value[:40]!r}")
             content_length = int(value)
-        elif name == b"transfer-encoding":
-            transfer_encodings.append(value)
-        elif name == b"connection":
-            connection.append(value)
-        elif name == b"host":
+        elif kind is _HOST:
             if host_at >= 0:
                 raise HTTPError(400, "more than one Host header")  # RFC 9112 3.2
             if not _valid_authority(value):
                 raise HTTPError(400, f"bad Host {value[:100]!r}: it must be host[:port]")
             host_at = index
-        elif name == b"expect":
+        elif kind is _TRANSFER_ENCODING:
+            transfer_encodings.append(value)
+        elif kind is _CONNECTION:
+            connection.append(value)
+        elif kind is _EXPECT:
             expect.append(value)
-        elif name == b"upgrade":
+        elif kind is _UPGRADE:
             upgrade = value.lower()
-        elif name in _FORWARDED_FIELDS:
+        else:
             forwarded = True
     chunked = False
     if transfer_encodings:
@@ -624,9 +647,12 @@ def _frame(method: bytes, target: bytes, path: bytes, query: bytes, version: byt
     host = headers[host_at][1] if host_at >= 0 else None
     if authority is not None:
         host = _take_authority(headers, host_at, authority, target)
-    tokens = _list_elements(connection) if connection else ()
-    # "close" wins in every version (RFC 9112 9.6); HTTP/1.0 stays open only when asked.
-    keep_alive = b"close" not in tokens and (version == b"1.1" or b"keep-alive" in tokens)
+    if connection:
+        tokens = _list_elements(connection)
+        # "close" wins in every version (RFC 9112 9.6); HTTP/1.0 stays open only when asked.
+        keep_alive = b"close" not in tokens and (version == b"1.1" or b"keep-alive" in tokens)
+    else:
+        keep_alive = version == b"1.1"
     expect_continue = bool(expect) and _expects_continue(expect) and version == b"1.1" and (
         chunked or bool(content_length))
     request = Request(method, target, path, query, version, headers, keep_alive, expect_continue,
@@ -639,6 +665,15 @@ def _frame(method: bytes, target: bytes, path: bytes, query: bytes, version: byt
 
 _FORWARDED_FIELDS = frozenset((b"forwarded", b"x-forwarded-for", b"x-forwarded-proto",
                                b"x-forwarded-host", b"x-forwarded-port"))
+
+# The fields _frame looks at, each to its kind (one lookup per field; the rest pass by).
+_CONTENT_LENGTH, _HOST, _TRANSFER_ENCODING, _CONNECTION, _EXPECT, _UPGRADE, _FORWARDING = (
+    "content-length", "host", "transfer-encoding", "connection", "expect", "upgrade",
+    "forwarding")
+_FRAMING_FIELDS = {b"content-length": _CONTENT_LENGTH, b"host": _HOST,
+                   b"transfer-encoding": _TRANSFER_ENCODING, b"connection": _CONNECTION,
+                   b"expect": _EXPECT, b"upgrade": _UPGRADE,
+                   **dict.fromkeys(_FORWARDED_FIELDS, _FORWARDING)}
 
 
 def _take_authority(headers: Headers, host_at: int, authority: bytes, target: bytes) -> bytes:
@@ -659,10 +694,8 @@ def _check_transfer_codings(codings: List[bytes]) -> None:
         if len(codings) > 1:  # gzip, chunked: a coding we do not decode
             raise HTTPError(501, f"unsupported transfer coding {b', '.join(codings)[:60]!r}")
         return
-    if len(codings) == 1 and _TOKEN.fullmatch(codings[0]):
-        # A lone coding we do not implement (gzip): 501 as 6.1 suggests. The body's end is
-        # unknown either way, so the connection closes as for 400.
-        raise HTTPError(501, f"unsupported transfer coding {codings[0][:60]!r}")
+    # Chunked not final (a lone gzip included): the body's end cannot be known, and 6.3 (4)
+    # says 400 and close; the 501 of 6.1 is for a coding before a final chunked, above.
     raise HTTPError(400, "Transfer-Encoding must end with one chunked")
 
 
@@ -702,27 +735,30 @@ def frame_response(request: Request, status: int, status_text: bytes, headers: H
     ``(head, length, chunked, keep_alive)``: a known length is sent as Content-Length, an
     unknown one is chunked in HTTP/1.1 and ends at the close in HTTP/1.0.
     """
-    headers = list(headers)
     chunked = False
+    framing = b""
     if length is not None:
-        headers.append((b"content-length", b"%d" % length))
+        framing = b"content-length: %d\r\n" % length
     elif not no_body_expected(request.method, status):
         if body_length is not None:
             length = body_length
-            headers.append((b"content-length", b"%d" % length))
+            framing = b"content-length: %d\r\n" % length
         elif request.version == b"1.1":
             chunked = True
-            headers.append((b"transfer-encoding", b"chunked"))
+            framing = b"transfer-encoding: chunked\r\n"
         else:
             keep_alive = False  # an HTTP/1.0 body without a length ends at the close
     if draining:
         keep_alive = False
     if not keep_alive:
-        headers.append((b"connection", b"close"))
+        framing += b"connection: close\r\n"
     elif request.version == b"1.0":
-        headers.append((b"connection", b"keep-alive"))
-    headers.append((b"date", http_date()))
-    return response_head(status_text, headers), length, chunked, keep_alive
+        framing += b"connection: keep-alive\r\n"
+    parts = [b"HTTP/1.1 ", status_text, b"\r\n"]
+    for name, value in headers:
+        parts += (name, b": ", value, b"\r\n")
+    parts += (framing, b"date: ", http_date(), b"\r\n\r\n")
+    return b"".join(parts), length, chunked, keep_alive
 
 
 def response_head(status_line: bytes, headers: Headers) -> bytes:

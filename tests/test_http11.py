@@ -404,7 +404,7 @@ def test_other_expectations_get_417(fields):
 
 @pytest.mark.parametrize("coding, status", [
     (b"chunked, identity", 400), (b"chunked, chunked", 400), (b"chunked;x=1", 400), (b"", 400),
-    (b"gzip", 501), (b"gzip, chunked", 501),
+    (b"gzip", 400), (b"gzip, chunked", 501),
 ])
 def test_transfer_codings_other_than_one_final_chunked(coding, status):
     with pytest.raises(HTTPError) as info:

@@ -1,7 +1,9 @@
 """ASGI app that sends the same response headers in the shapes the spec allows: tuples, lists,
-bytearray values; /bad sends a value with a CR after the good ones were seen."""
+bytearray values, with framing and hop-by-hop fields the server must act on or drop every time;
+/bad sends a value with a CR after the good ones were seen."""
 
-FIELDS = [(b"x-tuple", b"1"), (b"content-type", b"text/plain")]
+FIELDS = [(b"x-tuple", b"1"), (b"content-type", b"text/plain"), (b"content-length", b"3"),
+          (b"transfer-encoding", b"chunked"), (b"connection", b"keep-alive")]
 
 
 async def app(scope, receive, send):
