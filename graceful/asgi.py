@@ -24,7 +24,7 @@ from urllib.parse import unquote_to_bytes
 
 from . import heartbeat, http11
 from ._options import OUT_OF_RESOURCES, AcceptPause, ServerOptions, access_log_line, unsent_bytes
-from .asyncio_adapter import AsyncioDrain
+from .asyncio_adapter import AsyncioDrain, linger_close
 from .drain import accept_backlog
 from .http import asgi_websocket
 from .http.forwarded import Origin, resolve, split_root_path
@@ -567,17 +567,8 @@ class _HttpProtocol(asyncio.Protocol):
         if self.closing:
             return
         self.closing = True
-        transport = self.transport
-        transport.resume_reading()
-        if not transport.can_write_eof():
-            transport.close()
-            return
-        try:
-            transport.write_eof()
-        except OSError:  # the client is already gone (ENOTCONN): nothing to linger for
-            transport.close()
-            return
-        self.loop.call_later(_LINGER, transport.close)
+        self.transport.resume_reading()
+        linger_close(self.loop, self.transport, _LINGER)
 
     async def wait_writable(self) -> None:
         if self.write_paused and not self.closing:
@@ -631,7 +622,7 @@ class _Cycle:
         # Answered from the loop, not from inside the parser's event loop in _advance.
         if ready_path is not None and request.path == ready_path:
             loop.call_soon(self._answer_readiness)
-        elif _wants_websocket(request):
+        elif request.upgrade == b"websocket":  # _wants_websocket, inline: once per request
             loop.call_soon(asgi_websocket.upgrade, self)
         else:
             loop.create_task(self._run())
@@ -911,10 +902,6 @@ def _checked_name(name: bytes) -> bytes:
         if len(_valid_names) < 1024:
             _valid_names[name] = lower
     return lower
-
-
-def _wants_websocket(request: Request) -> bool:
-    return request.upgrade == b"websocket"
 
 
 def _host_port(address: Any) -> Optional[Tuple[str, int]]:

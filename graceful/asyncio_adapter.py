@@ -326,3 +326,16 @@ def _no_delay(transport: asyncio.BaseTransport) -> None:
         except OSError:
             pass
 
+
+def linger_close(loop: asyncio.AbstractEventLoop, transport: Any, linger: float) -> None:
+    """Half-close ``transport``, then close it ``linger`` seconds later: a client still sending
+    is read off meanwhile, so the close sends no RST over a response it has not read."""
+    if not transport.can_write_eof():
+        transport.close()
+        return
+    try:
+        transport.write_eof()
+    except OSError:  # the client is already gone (ENOTCONN): nothing to linger for
+        transport.close()
+        return
+    loop.call_later(linger, transport.close)

@@ -266,11 +266,16 @@ class RequestParser:
         limits = self.limits
         if line_length > limits.max_request_line or len(fields) > limits.max_header_bytes:
             return None  # the scan says which limit
-        version = _version(version_text)  # in _build_request's order, so errors agree
+        # In _build_request's order, so errors agree.
+        version = b"1.1" if version_text == b"HTTP/1.1" else _version(version_text)
         headers = _matched_fields(fields[:-2].split(b"\r\n"), limits) if fields else []
         if method == b"CONNECT":
             raise HTTPError(501, "CONNECT is not supported")
-        path, query, authority = _split_target(target, method)
+        if target.startswith(b"/"):  # origin-form, as _split_target would find
+            path, _, query = target.partition(b"?")
+            authority = None
+        else:
+            path, query, authority = _split_target(target, method)
         request = _frame(method, target, path, query, version, headers, authority, limits)
         del self._buf[:end]
         return self._started(request)

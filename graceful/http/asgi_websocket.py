@@ -32,6 +32,7 @@ import logging
 from typing import Any, Deque, Dict, List, Optional, Tuple
 
 from .. import http11
+from ..asyncio_adapter import linger_close
 from ..drain import LAME_DUCK
 from .websocket import (Close, HandshakeError, Message, Ping, Pong, ProtocolError, WebSocket,
                         accept_response, check_handshake)
@@ -237,15 +238,7 @@ class WebSocketSession(asyncio.Protocol):
         transport = self.transport
         if self.reading_paused:
             transport.resume_reading()  # read off what is left, so the close sends no RST
-        if not transport.can_write_eof():
-            transport.close()
-            return
-        try:
-            transport.write_eof()
-        except OSError:  # the client is already gone (ENOTCONN): nothing to linger for
-            transport.close()
-            return
-        self.loop.call_later(_LINGER, transport.close)
+        linger_close(self.loop, transport, _LINGER)
 
     # -- the ASGI side --------------------------------------------------------------------------
 
