@@ -359,6 +359,9 @@ class _HttpProtocol(asyncio.Protocol):
     def __init__(self, server: ASGIServer) -> None:
         self.server = server
         self.drain = server.drain
+        # Set once the generation drains (drain.draining, without two property calls per
+        # response): responses then say Connection: close.
+        self.stopping = server.drain.lifecycle.stop_event
         self.options = server.options
         self.loop = server.loop
         self.parser = RequestParser(self.options.limits)
@@ -798,7 +801,7 @@ class _Cycle:
             self.keep_alive = False  # say so in the head: never close a promised keep-alive
         head, self.length, self.chunked, self.keep_alive = http11.frame_response(
             self.request, self.status, http11.status_line(self.status), self.headers,
-            self.length, first_body, self.keep_alive, self.protocol.drain.draining)
+            self.length, first_body, self.keep_alive, self.protocol.stopping.is_set())
         return head
 
     def _body(self, data: bytes, more: bool) -> None:
