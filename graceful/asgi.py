@@ -216,8 +216,10 @@ class _Acceptor:
             return False
         preamble = Preamble(options.proxy_protocol, options.ssl_context is not None)
         try:
-            await asyncio.wait_for(_read_preamble(self.loop, sock, preamble),
-                                   options.header_timeout)
+            # Usually the client's first bytes are in by the accept: no task and timer for it.
+            if not preamble.step(sock):
+                await asyncio.wait_for(_read_preamble(self.loop, sock, preamble),
+                                       options.header_timeout)
         except asyncio.TimeoutError:
             log.info("closed a connection from %s: no %s in time", who,
                      "PROXY header" if options.proxy_protocol else "TLS handshake")
