@@ -24,6 +24,11 @@ A worker or successor started by graceful receives the effective Config as a who
 ``GRACEFUL_EFFECTIVE_CONFIG``), so nothing is lost or re-spelled on the way. A self re-exec
 runs the original command again and so re-reads the file: a changed file deploys by SIGHUP, and
 a bad one is a rollback.
+
+Secret values (``--keyfile-password``) are never put in that variable: an environment is
+readable in ``/proc/PID/environ`` and inherited by every program the application starts. They
+travel in an anonymous, sealed in-memory file (``memfd``) that the worker inherits, named by
+``GRACEFUL_SECRETS_FD``; the worker reads it once as it loads its Config and closes it.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from __future__ import annotations
 import argparse
 import configparser
 import difflib
+import fcntl
 import functools
 import json
 import os
@@ -46,6 +52,7 @@ __all__ = ["Config", "ConfigError", "OPTIONS", "Option"]
 ENV_PREFIX = "GRACEFUL_"
 ENV_CONFIG_FILE = "GRACEFUL_CONFIG"
 ENV_EFFECTIVE = "GRACEFUL_EFFECTIVE_CONFIG"
+ENV_SECRETS_FD = "GRACEFUL_SECRETS_FD"
 SECTION = "graceful"
 # The test suite's switch for tests/integration/ (tests/integration/conftest.py): set in the
 # environment of every server those tests start, and no option of graceful.
@@ -349,6 +356,7 @@ OPTIONS: Tuple[Option, ...] = (
            "how much graceful logs"),
 )
 _BY_NAME: Dict[str, Option] = {option.name: option for option in OPTIONS}
+_SECRETS = frozenset(option.attr for option in OPTIONS if option.secret)
 
 
 def options_for(command: str) -> List[Option]:
@@ -451,9 +459,16 @@ class Config:
         env = os.environ if environ is None else environ
         inherited = env.get(ENV_EFFECTIVE)
         if inherited is not None:
+            secrets_fd = env.get(ENV_SECRETS_FD)
             if environ is None:
                 os.environ.pop(ENV_EFFECTIVE, None)
-            return cls.from_json(inherited)
+                os.environ.pop(ENV_SECRETS_FD, None)
+            config = cls.from_json(inherited)
+            if secrets_fd is not None:
+                # Closed only in the process it was handed to (os.environ), where nothing
+                # else may inherit it; a caller's own mapping names a descriptor it keeps.
+                config._values.update(_read_secrets(secrets_fd, close=environ is None))
+            return config
         given = vars(args) if args is not None else {}
         values: Dict[str, Any] = {}
         sources: Dict[str, str] = {}
@@ -476,8 +491,16 @@ class Config:
     # -- passing it on ---------------------------------------------------------------------------
 
     def to_json(self) -> str:
+        """The Config without its secret values (``environ`` hands those over apart)."""
         return json.dumps({"command": self.subcommand, "config_file": self.config_file,
-                           "values": self._values, "sources": self._sources})
+                           "values": self._public_values(), "sources": self._sources})
+
+    def _public_values(self) -> Dict[str, Any]:
+        return {attr: value for attr, value in self._values.items() if attr not in _SECRETS}
+
+    def _secret_values(self) -> Dict[str, Any]:
+        return {attr: value for attr, value in self._values.items()
+                if attr in _SECRETS and value is not None}
 
     @classmethod
     def from_json(cls, text: str) -> "Config":
@@ -494,8 +517,14 @@ class Config:
                               f"it") from None
 
     def environ(self) -> Dict[str, str]:
-        """The variable that hands this Config to a child process as a whole."""
-        return {ENV_EFFECTIVE: self.to_json()}
+        """The variables that hand this Config to a child process as a whole: the JSON, and
+        the number of an inherited descriptor that holds the secret values, if any are set."""
+        env = {ENV_EFFECTIVE: self.to_json()}
+        secrets = self._secret_values()
+        if secrets:
+            env[ENV_SECRETS_FD] = str(_secrets_fd(json.dumps(secrets, sort_keys=True),
+                                                  len(self._values.get("bind") or ())))
+        return env
 
     # -- showing it ------------------------------------------------------------------------------
 
@@ -509,6 +538,64 @@ class Config:
             entry = f"{name} = {value}".rstrip()
             lines.append(f"{entry.ljust(width)}  ; {source}")
         return "\n".join(lines)
+
+
+def secret_env_names() -> FrozenSet[str]:
+    """The environment variables that carry secret options (``GRACEFUL_KEYFILE_PASSWORD``): a
+    process that hands its Config on should not copy them into its children's environment."""
+    return frozenset(option.env for option in OPTIONS if option.secret)
+
+
+# -- secrets: an inherited, sealed memfd rather than the environment ------------------------------
+
+_SECRETS_MAX = 1 << 16
+# The descriptor sits this far above the listeners: a master's posix_spawn places listeners and
+# its own pipes at fds 3, 4, ... by dup2, and would overwrite anything inherited down there.
+_SECRETS_FD_MARGIN = 64
+_secrets_fds: Dict[str, int] = {}  # the secrets' JSON -> its inheritable descriptor
+
+
+def _secrets_fd(text: str, listeners: int) -> int:
+    """One inheritable, read-only descriptor per distinct set of secrets, kept open for the
+    life of the process: every worker of every generation with those secrets reads it, and a
+    respawn may come at any time. Reloads with the same password reuse it."""
+    fd = _secrets_fds.get(text)
+    if fd is None:
+        fd = _secrets_fds[text] = _sealed_file(text.encode(), _SECRETS_FD_MARGIN + listeners)
+    return fd
+
+
+def _sealed_file(data: bytes, at_least: int) -> int:
+    try:
+        memfd = os.memfd_create("graceful-secrets", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    except (AttributeError, OSError) as exc:
+        raise ConfigError(f"--keyfile-password: cannot hand it to the workers without the "
+                          f"environment (memfd_create: {exc}); run without --workers") from None
+    try:
+        os.write(memfd, data)
+        seals = (fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
+                 | fcntl.F_SEAL_WRITE)  # a worker cannot change what its siblings read
+        fcntl.fcntl(memfd, fcntl.F_ADD_SEALS, seals)
+        return fcntl.fcntl(memfd, fcntl.F_DUPFD, at_least)  # F_DUPFD: inheritable
+    except OSError as exc:
+        raise ConfigError(f"--keyfile-password: cannot hand it to the workers ({exc})") from None
+    finally:
+        os.close(memfd)
+
+
+def _read_secrets(text: str, close: bool) -> Dict[str, Any]:
+    try:
+        fd = int(text)
+        data = os.pread(fd, _SECRETS_MAX, 0)
+        if close:
+            os.close(fd)
+        secrets = json.loads(data)
+        if not isinstance(secrets, dict) or not set(secrets) <= _SECRETS:
+            raise ValueError(secrets)
+        return secrets
+    except (ValueError, OSError, TypeError):
+        raise ConfigError(f"{ENV_SECRETS_FD}={text!r} names no secrets graceful wrote; unset "
+                          f"it") from None
 
 
 def _shown(option: Option, value: Any) -> str:

@@ -237,6 +237,7 @@ def run_workers(config: "Config", reread: Optional[Callable[[], "Config"]] = Non
     bad one fails the reload while the old workers keep serving."""
     import sys
 
+    from .config import secret_env_names
     from .master import Master, MasterError
 
     binds = _binds(config)
@@ -260,12 +261,15 @@ def run_workers(config: "Config", reread: Optional[Callable[[], "Config"]] = Non
         _warn_master_changes(config, fresh)
         return worker_command, worker_env(fresh)
 
+    # A password the master was given in its environment reaches the workers with their
+    # Config (an inherited memfd), not in an environment that the application's programs inherit.
+    inherited = {k: v for k, v in os.environ.items() if k not in secret_env_names()}
     master = Master(worker_command, binds=binds, workers=config.workers, ready="fd",
                     stop_signal=signal.SIGQUIT, pidfile=config.pidfile,
                     ready_timeout=config.ready_timeout, graceful_timeout=config.graceful_timeout,
                     shutdown_delay=config.shutdown_delay,
                     max_failures=None if config.keep_trying else config.max_failures,
-                    timeout=config.timeout, env=dict(os.environ, **worker_env(config)),
+                    timeout=config.timeout, env=dict(inherited, **worker_env(config)),
                     reuse_port=config.reuse_port, lame_duck_signal=signal.SIGTERM,
                     next_generation=next_generation, drain_gate=True,
                     **handoff_options(config))

@@ -3,6 +3,11 @@
 A notification is one datagram of ``KEY=VALUE`` lines sent to the AF_UNIX socket named by
 ``NOTIFY_SOCKET`` (a path, or ``@name`` for the abstract namespace). Without ``NOTIFY_SOCKET``
 every call is a silent no-op, so servers can notify unconditionally.
+
+Notifications are best effort, as systemd means them: a datagram is sent without blocking. A
+listener that stops reading fills its receive queue, and a blocking send would then hang the
+server (or the master) in ``ready()`` forever; instead that message is dropped, with one warning
+per socket and kind of message, and the caller carries on.
 """
 
 from __future__ import annotations
@@ -11,11 +16,15 @@ import logging
 import os
 import socket
 import time
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Set, Tuple
 
 __all__ = ["notify", "ready", "reloading", "stopping", "mainpid", "status", "monotonic_usec"]
 
 log = logging.getLogger("graceful")
+
+# (socket, kind) pairs already warned about a full queue: a listener that stopped reading would
+# otherwise get a warning for every STATUS= or WATCHDOG=1 the server sends.
+_warned_full: Set[Tuple[str, str]] = set()
 
 
 def notify(*fields: str, environ: Optional[Mapping[str, str]] = None) -> bool:
@@ -31,11 +40,23 @@ def notify(*fields: str, environ: Optional[Mapping[str, str]] = None) -> bool:
     message = "\n".join(fields).encode()
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:  # close-on-exec (PEP 446)
-            sock.sendto(message, address)
+            sock.sendto(message, socket.MSG_DONTWAIT, address)
+    except BlockingIOError:
+        _warn_full(address, fields[0].split("=", 1)[0] if fields else "")
+        return False
     except OSError as exc:
         log.warning("sd_notify to %r failed (%s): %s", address, exc, message)
         return False
     return True
+
+
+def _warn_full(address: str, kind: str) -> None:
+    shown = "@" + address[1:] if address.startswith("\0") else address
+    if (shown, kind) in _warned_full:
+        return
+    _warned_full.add((shown, kind))
+    log.warning("sd_notify: NOTIFY_SOCKET %s is not reading (its queue is full): %s dropped; "
+                "later %s notifications to it are dropped without a warning", shown, kind, kind)
 
 
 def monotonic_usec() -> int:

@@ -419,6 +419,7 @@ class WSGIServer:
 
     def _linger(self, conn: _Conn) -> None:
         """Half-close and wait (parked) for the client's last bytes, then close."""
+        _say_tls_goodbye(conn.sock, 0.0)  # the loop's thread: no waiting at all
         try:
             conn.sock.shutdown(socket.SHUT_WR)
         except OSError:
@@ -455,6 +456,7 @@ class WSGIServer:
             except Exception:  # a bug of ours must not kill the worker
                 log.exception("error while serving %s", _peer_text(conn))
             if not keep:
+                _say_tls_goodbye(conn.sock, _LINGER)
                 close_gently(conn.sock, _LINGER, _MAX_LINGER_READ)
                 self._closed_one(conn)
                 return
@@ -885,6 +887,32 @@ def _send_all(conn: _Conn, data: bytes) -> None:
                 unsent = unsent_bytes(sock.fileno())
     except OSError:
         raise _ClientGone() from None
+
+
+def _say_tls_goodbye(sock: socket.socket, wait: float) -> None:
+    """Send TLS close_notify on an established TLS connection, waiting at most ``wait``
+    seconds for room in the send queue; the caller then half-closes and closes as usual.
+
+    Without it the TCP close is a truncation to a client that checks (Python's ssl with
+    ``suppress_ragged_eofs=False``, Go, strict curl): it cannot tell the end of a response
+    framed by the close from an attacker's cut. The client's own close_notify is not waited
+    for (TLS allows closing once ours is sent): a client that never answers holds nothing.
+    """
+    if not isinstance(sock, ssl.SSLSocket) or sock.version() is None:
+        return  # plain, its handshake not done, or TLS shut down already
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            sock.unwrap()  # the client's close_notify had come already: both are done
+            return
+        except ssl.SSLWantReadError:
+            return  # ours is out; the reply is what unwrap would wait for
+        except ssl.SSLWantWriteError as exc:
+            left = deadline - time.monotonic()
+            if left <= 0 or not _wait_until(sock, exc, True, left):
+                return  # a client that does not read would not see it anyway
+        except (OSError, ValueError):  # reset, or the handshake never finished
+            return
 
 
 def _recv(conn: _Conn) -> bytes:
