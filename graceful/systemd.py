@@ -56,7 +56,7 @@ def _warn_full(address: str, kind: str) -> None:
         return
     _warned_full.add((shown, kind))
     log.warning("sd_notify: NOTIFY_SOCKET %s is not reading (its queue is full): %s dropped; "
-                "later %s notifications to it are dropped without a warning", shown, kind, kind)
+                "further %s notifications it drops are not logged", shown, kind, kind)
 
 
 def monotonic_usec() -> int:
