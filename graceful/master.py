@@ -412,7 +412,7 @@ class Master:
 
     def _shutdown(self) -> None:
         log.info("stopping: %s", self.lifecycle.reason or "giving up")
-        if not self.lifecycle.reason.startswith("handed over"):
+        if not self.lifecycle.handed_over:
             # A final stop: the workers are the last holders and serve what is queued; our
             # copies would keep the queue open (connections waiting there, then reset).
             for _, sock in self.listeners:
@@ -650,7 +650,7 @@ class Master:
     def _final_stop(self) -> bool:
         """Whether this master is ending for good (lame duck or drain, not a handover)."""
         return (self.lifecycle.state in (LAME_DUCK, DRAINING, STOPPED)
-                and not self.lifecycle.reason.startswith("handed over"))
+                and not self.lifecycle.handed_over)
 
     def _close_gate(self, worker: _Worker) -> None:
         worker.accept_stopped = True  # a closed gate holds nobody back

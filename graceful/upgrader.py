@@ -298,7 +298,7 @@ class Upgrader:
             # Shared: the taker holds our very sockets. Otherwise it bound its own beside ours
             # (SO_REUSEPORT) and what is queued on ours is still ours to serve.
             self._successor_pid = pid
-            self.lifecycle.drain(f"handed over to pid {pid}", last_holder=not shared)
+            self.lifecycle.hand_over(pid, last_holder=not shared)
 
         self._handoff_server = HandoffServer(
             self.handoff_socket, self.listeners.items, handed_over,  # type: ignore[arg-type]
@@ -344,7 +344,7 @@ class Upgrader:
             self._successor_pid = pid  # from now on, triggers are passed on to it
             systemd.mainpid(pid)
             systemd.ready()
-            self.lifecycle.drain(f"handed over to pid {pid}", last_holder=False)
+            self.lifecycle.hand_over(pid)
             return pid
         finally:
             self._upgrade_lock.release()
@@ -516,7 +516,7 @@ class Upgrader:
     def _on_terminate(self, signum: int) -> None:
         name = signal.Signals(signum).name
         if self.lifecycle.state in (LAME_DUCK, DRAINING, STOPPED):
-            if self.lifecycle.reason.startswith("handed over"):
+            if self.lifecycle.handed_over:
                 # Draining after a handover is routine; a TERM now means "finish up".
                 log.info("%s while draining after handover: continuing the drain", name)
                 return
