@@ -361,6 +361,8 @@ class Master:
                  " ".join(str(w.pid) for w in workers))
 
     def _reload(self) -> None:
+        if self.upgrader.pass_on(signal.SIGHUP):
+            return  # this master handed over (SIGUSR2, a takeover): the one serving reloads
         if self.next:
             log.info("SIGHUP: a reload is already in progress (generation %d); coalesced",
                      self.generation)
@@ -403,6 +405,8 @@ class Master:
 
     def _upgrade_master(self) -> None:
         """SIGUSR2: re-execute the master itself; its successor starts its own workers."""
+        if self.upgrader.pass_on(signal.SIGUSR2):
+            return  # already handed over: the master serving now re-executes
         try:
             pid = self.upgrader.upgrade()
         except UpgradeError as exc:

@@ -482,8 +482,7 @@ class Upgrader:
 
     def _on_upgrade_signal(self, signum: int) -> None:
         name = signal.Signals(signum).name
-        if self._successor_pid is not None:
-            self._pass_trigger_on(signum, name, self._successor_pid)
+        if self.pass_on(signum):
             return
         if self._upgrade_lock.locked():
             log.info("%s: an upgrade is already in progress; trigger coalesced", name)
@@ -491,17 +490,23 @@ class Upgrader:
         threading.Thread(target=self._upgrade_logged, args=(name,), name="graceful-upgrade",
                          daemon=True).start()
 
-    def _pass_trigger_on(self, signum: int, name: str, successor: int) -> None:
-        """A trigger meant for the serving generation came here, after we handed over (the
-        pidfile was read a moment early): it goes to the generation now serving."""
+    def pass_on(self, signum: int) -> bool:
+        """Once this generation has handed over, send ``signum`` to the generation it handed
+        over to and return True: a trigger meant for the serving generation came here (the
+        pidfile was read a moment early). False, and nothing sent, before a handover."""
+        successor = self._successor_pid
+        if successor is None:
+            return False
+        name = signal.Signals(signum).name
         try:
             os.kill(successor, signum)
         except ProcessLookupError:
             log.error("%s: pid %d handed over to pid %d, which is gone; upgrade not done",
                       name, os.getpid(), successor)
-            return
+            return True
         log.info("%s: pid %d has handed over; passed the trigger on to pid %d, which serves",
                  name, os.getpid(), successor)
+        return True
 
     def _upgrade_logged(self, trigger: str) -> None:
         try:

@@ -1,0 +1,113 @@
+"""Triggers that reach a generation at an awkward moment, with real processes: a SIGHUP sent to
+a master that has already handed over (SIGUSR2), and a SIGHUP that comes while an upgrade or a
+reload is still being tried and then rolls back."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+
+from _serve import Client, Served
+from _support import Load, children_of, process_state, reap_orphans, wait_for
+from graceful.pidfile import read_pid
+
+APP = "lifecycle_app.py:app"
+
+
+class Control:
+    """The directory ``lifecycle_app`` reads: its readiness file and the two sockets on which
+    the test learns that a start / a held request is under way, and ends it."""
+
+    def __init__(self, tmp_path) -> None:
+        self.path = tmp_path / "control"
+        self.path.mkdir()
+        self.env = dict(os.environ, LIFECYCLE_APP_CONTROL=str(self.path))
+        self._listeners = {}
+        for name in ("start", "hold"):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.bind(str(self.path / f"{name}.sock"))
+            sock.listen(16)
+            sock.settimeout(60)
+            self._listeners[name] = sock
+        self.waiting = []  # connections of processes waiting for us
+
+    def readiness(self, verdict: str) -> None:
+        (self.path / "readiness").write_text(verdict)
+
+    def arrived(self, name: str) -> int:
+        """Wait for the next process to wait on ``name``; its pid."""
+        conn, _ = self._listeners[name].accept()
+        conn.settimeout(60)
+        self.waiting.append(conn)
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = conn.recv(64)
+            assert chunk, "the waiting process went away"
+            data += chunk
+        return int(data)
+
+    def release(self) -> None:
+        """Let every waiting process go on (a start then fails; a held request answers)."""
+        for conn in self.waiting:
+            conn.close()
+        self.waiting = []
+
+    def close(self) -> None:
+        self.release()
+        for sock in self._listeners.values():
+            sock.close()
+
+
+def _pid_in(pidfile):
+    try:
+        return read_pid(pidfile)
+    except Exception:
+        return None
+
+
+def _workers(pid: int):
+    return sorted(c for c in children_of(pid) if process_state(c) not in (None, "Z"))
+
+
+def _gone(pid: int) -> bool:
+    reap_orphans()
+    return process_state(pid) in (None, "Z")
+
+
+def test_sighup_to_a_master_that_handed_over_reloads_the_new_master(procs, tmp_path):
+    control = Control(tmp_path)
+    pidfile = tmp_path / "master.pid"
+    served = Served(procs, tmp_path, APP, "--workers", "2", "--pidfile", str(pidfile),
+                    "--graceful-timeout", "90", env=control.env)
+    old = served.proc.pid
+    served.wait(lambda: _pid_in(pidfile) == old and len(_workers(old)) == 2, what="2 workers")
+    held = Client(served.connect(timeout=60))
+    held.send(b"GET /hold HTTP/1.1\r\nHost: t\r\n\r\n")
+    holder = control.arrived("hold")  # in flight at an old worker: the old master drains on
+    loads = [Load(served.port, keepalive=k, clients=2).start() for k in (True, False)]
+    loads[0].wait_requests(50)
+    os.kill(old, signal.SIGUSR2)
+    new = served.wait(lambda: _pid_in(pidfile) not in (None, old) and _pid_in(pidfile), 60,
+                      what="a new master in the pidfile")
+    served.wait(lambda: len(_workers(new)) == 2, 60, what="the new master's 2 workers")
+    first_workers = set(_workers(new))
+    assert process_state(holder) not in (None, "Z") and process_state(old) not in (None, "Z")
+
+    os.kill(old, signal.SIGHUP)  # an operator who read the pidfile a moment too early
+    served.wait(lambda: f"generation 2 is serving" in served.log(), 60,
+                what="the new master to reload")
+    served.wait(lambda: len(_workers(new)) == 2 and not set(_workers(new)) & first_workers, 60,
+                what="the new master's workers to be replaced")
+    assert served.log().count(f"passed the trigger on to pid {new}") == 1
+    control.release()
+    response = held.response()
+    assert response.status == 200 and response.headers["x-pid"] == str(holder)
+    assert served.proc.wait(60) == 0  # the old master drained, then exited
+    for load in loads:
+        load.wait_requests(load.total + 50)
+        load.stop()
+    assert [f for load in loads for f in load.failures] == []
+    os.kill(new, signal.SIGQUIT)
+    served.wait(lambda: _gone(new), 60, what="the new master to stop")
+    control.close()
