@@ -21,7 +21,9 @@ already stopped accepting. The pidfile then keeps naming the dead successor, whi
 stale (its lock is free): ``graceful status`` says "not running", and a supervisor or operator
 can start a new first generation at once. The draining predecessor logs the death and finishes.
 An upgrade trigger that reaches a generation which has handed over is passed on to the
-generation it handed over to.
+generation it handed over to. One that comes while an upgrade is under way is kept (however
+many come, as one): once that upgrade ends, one more follows, here after a rollback, or in the
+successor it is passed on to: the code on disk may have changed after the successor started.
 """
 
 from __future__ import annotations
@@ -104,6 +106,10 @@ class Upgrader:
         self.max_generations = max_generations
         self.lifecycle = Lifecycle(graceful_timeout=graceful_timeout, idle_grace=idle_grace)
         self._upgrade_lock = threading.Lock()
+        # A trigger that arrived during an upgrade: one more upgrade follows once it ends (the
+        # operator may have fixed or changed the code after that upgrade's successor started).
+        self._trigger_lock = threading.Lock()  # orders "upgrade ends" against "trigger comes"
+        self._pending_trigger: Optional[int] = None
         self._signals = None
         self._closed = False
 
@@ -333,6 +339,11 @@ class Upgrader:
         """
         if not self._upgrade_lock.acquire(blocking=False):
             raise UpgradeError("an upgrade is already in progress")
+        return self._upgrade_holding_lock()
+
+    def _upgrade_holding_lock(self) -> int:
+        """The upgrade itself; releases the upgrade lock, then acts on a trigger that came
+        meanwhile."""
         try:
             self._check_can_upgrade()
             systemd.reloading()
@@ -342,12 +353,32 @@ class Upgrader:
                 systemd.notify("READY=1", f"STATUS=upgrade failed: {exc}")
                 raise
             self._successor_pid = pid  # from now on, triggers are passed on to it
+            self._pass_pending_trigger_on()  # now, before we drain (and may soon exit)
             systemd.mainpid(pid)
             systemd.ready()
             self.lifecycle.hand_over(pid)
             return pid
         finally:
-            self._upgrade_lock.release()
+            with self._trigger_lock:
+                self._upgrade_lock.release()
+                pending, self._pending_trigger = self._pending_trigger, None
+            if pending is not None:
+                self._after_coalesced_trigger(pending)
+
+    def _pass_pending_trigger_on(self) -> None:
+        with self._trigger_lock:
+            pending, self._pending_trigger = self._pending_trigger, None
+        if pending is not None:
+            self.pass_on(pending)
+
+    def _after_coalesced_trigger(self, signum: int) -> None:
+        """The one more upgrade that triggers during the upgrade just ended asked for: here
+        after a rollback, in the successor (passed on) once it took over."""
+        name = signal.Signals(signum).name
+        if self.pass_on(signum):
+            return
+        log.info("%s came during the upgrade that just ended: upgrading again", name)
+        self._on_upgrade_signal(signum)
 
     def _check_can_upgrade(self) -> None:
         state = self.lifecycle.state
@@ -484,11 +515,22 @@ class Upgrader:
         name = signal.Signals(signum).name
         if self.pass_on(signum):
             return
-        if self._upgrade_lock.locked():
-            log.info("%s: an upgrade is already in progress; trigger coalesced", name)
-            return
-        threading.Thread(target=self._upgrade_logged, args=(name,), name="graceful-upgrade",
-                         daemon=True).start()
+        with self._trigger_lock:
+            if not self._upgrade_lock.acquire(blocking=False):
+                if self._pending_trigger is None:
+                    log.info("%s: an upgrade is in progress; one more follows once it ends",
+                             name)
+                else:
+                    log.info("%s: an upgrade is in progress and one more is already due; "
+                             "trigger coalesced", name)
+                self._pending_trigger = signum
+                return
+        try:
+            threading.Thread(target=self._upgrade_logged, args=(name,),
+                             name="graceful-upgrade", daemon=True).start()
+        except RuntimeError:  # no thread, no upgrade: none is in progress either
+            self._upgrade_lock.release()
+            raise
 
     def pass_on(self, signum: int) -> bool:
         """Once this generation has handed over, send ``signum`` to the generation it handed
@@ -509,8 +551,9 @@ class Upgrader:
         return True
 
     def _upgrade_logged(self, trigger: str) -> None:
+        """In its own thread, holding the upgrade lock (taken by ``_on_upgrade_signal``)."""
         try:
-            self.upgrade()
+            self._upgrade_holding_lock()
         except UpgradeError as exc:
             log.error("%s: upgrade not done: %s", trigger, exc)
 

@@ -111,3 +111,76 @@ def test_sighup_to_a_master_that_handed_over_reloads_the_new_master(procs, tmp_p
     os.kill(new, signal.SIGQUIT)
     served.wait(lambda: _gone(new), 60, what="the new master to stop")
     control.close()
+
+
+def test_sighup_during_an_upgrade_that_rolls_back_upgrades_once_more(procs, tmp_path):
+    control = Control(tmp_path)
+    pidfile = tmp_path / "server.pid"
+    served = Served(procs, tmp_path, APP, "--pidfile", str(pidfile), "--ready-timeout", "60",
+                    env=control.env)
+    first = served.proc.pid
+    load = Load(served.port, keepalive=True, clients=2).start()
+    load.wait_requests(50)
+    control.readiness("fail")
+    os.kill(first, signal.SIGHUP)
+    bad = control.arrived("start")  # the first attempt is starting: it will fail
+    control.readiness("ok")  # the operator fixed the code...
+    os.kill(first, signal.SIGHUP)  # ...and asks again, twice, while the bad one is still tried
+    served.wait(lambda: served.log().count("SIGHUP: an upgrade is") == 1, 60,
+                what="the trigger to reach the upgrading generation")
+    os.kill(first, signal.SIGHUP)
+    served.wait(lambda: served.log().count("SIGHUP: an upgrade is") == 2, 60,
+                what="the next trigger to reach it")
+    control.release()
+    served.wait(lambda: "upgrade rolled back" in served.log(), 60, what="the rollback")
+    second = served.wait(lambda: _pid_in(pidfile) not in (None, first, bad) and _pid_in(pidfile),
+                         60, what="one more upgrade after the rollback")
+    served.wait_ready(second)
+    assert served.proc.wait(60) == 0
+    load.wait_requests(load.total + 50)
+    load.stop()
+    assert load.failures == [] and second in load.pids
+    # One more upgrade, not one per trigger: the second generation has started no successor.
+    assert served.log().count("started successor pid") == 2
+    assert children_of(second) == []
+    os.kill(second, signal.SIGQUIT)
+    served.wait(lambda: _gone(second), 60, what="the second generation to stop")
+    control.close()
+
+
+def test_sighup_during_a_reload_that_rolls_back_reloads_once_more(procs, tmp_path):
+    control = Control(tmp_path)
+    pidfile = tmp_path / "master.pid"
+    served = Served(procs, tmp_path, APP, "--workers", "2", "--pidfile", str(pidfile),
+                    "--ready-timeout", "60", env=control.env)
+    master = served.proc.pid
+    served.wait(lambda: _pid_in(pidfile) == master and len(_workers(master)) == 2,
+                what="2 workers")
+    first_workers = set(_workers(master))
+    load = Load(served.port, keepalive=True, clients=2).start()
+    load.wait_requests(50)
+    control.readiness("fail")
+    os.kill(master, signal.SIGHUP)
+    bad = {control.arrived("start"), control.arrived("start")}  # generation 2 is starting
+    control.readiness("ok")
+    os.kill(master, signal.SIGHUP)
+    served.wait(lambda: served.log().count("SIGHUP: a reload is") == 1, 60,
+                what="the SIGHUP to reach the reloading master")
+    os.kill(master, signal.SIGHUP)
+    served.wait(lambda: served.log().count("SIGHUP: a reload is") == 2, 60,
+                what="the next SIGHUP to reach it")
+    control.release()
+    served.wait(lambda: "reload failed, generation 1 keeps serving" in served.log(), 60,
+                what="the rollback")
+    served.wait(lambda: "generation 3 is serving" in served.log(), 60,
+                what="one more reload after the rollback")
+    served.wait(lambda: len(_workers(master)) == 2, 60, what="old workers to exit")
+    workers = set(_workers(master))
+    assert not workers & (first_workers | bad)
+    load.wait_requests(load.total + 50)
+    load.stop()
+    assert load.failures == [] and workers & set(load.pids)
+    assert "generation 4" not in served.log()  # one more reload, not one per SIGHUP
+    served.proc.send_signal(signal.SIGQUIT)
+    assert served.proc.wait(60) == 0
+    control.close()
