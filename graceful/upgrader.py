@@ -308,7 +308,8 @@ class Upgrader:
 
         self._handoff_server = HandoffServer(
             self.handoff_socket, self.listeners.items, handed_over,  # type: ignore[arg-type]
-            ready_timeout=self.ready_timeout, allowed_uids=self.handoff_uids)
+            ready_timeout=self.ready_timeout, allowed_uids=self.handoff_uids,
+            on_gone=self._take_pidfile_back)
 
     def _give_up_ready_fd(self, reason: Optional[str] = None) -> None:
         """Tell the predecessor we will not be ready, and why (``reason``, else the exception
