@@ -203,10 +203,10 @@ def test_a_taker_killed_after_it_took_the_pidfile_gives_it_back(procs, tmp_path)
                    str(pidfile), port=old.port, env=env, wait=False)
     assert taker.proc.wait(60) == -signal.SIGKILL
     assert f"dying before READY; the pidfile names {taker.proc.pid}" in taker.log()
-    old.wait(lambda: owner_pid(pidfile) == old.proc.pid, 30,
-             what="the pidfile to name the server that still serves")
-    assert read_pid(pidfile) == old.proc.pid
-    assert f"taken back from failed successor pid {taker.proc.pid}" in old.log()
+    # Logged once the pidfile is back in place.
+    old.wait(lambda: f"taken back from failed successor pid {taker.proc.pid}" in old.log(), 30,
+             what="the pidfile to be taken back by the server that still serves")
+    assert owner_pid(pidfile) == read_pid(pidfile) == old.proc.pid
     assert list(tmp_path.glob(".app.pid.*.tmp")) == []  # the taker's staged file is gone too
     assert http_get(old.port, "/hello").count(f"X-Pid: {old.proc.pid}".encode()) == 1
     # It still offers its sockets: the next taker takes over, and the pidfile follows it.
