@@ -95,7 +95,7 @@ def test_sighup_to_a_master_that_handed_over_reloads_the_new_master(procs, tmp_p
     assert process_state(holder) not in (None, "Z") and process_state(old) not in (None, "Z")
 
     os.kill(old, signal.SIGHUP)  # an operator who read the pidfile a moment too early
-    served.wait(lambda: f"generation 2 is serving" in served.log(), 60,
+    served.wait(lambda: "generation 2 is serving" in served.log(), 60,
                 what="the new master to reload")
     served.wait(lambda: len(_workers(new)) == 2 and not set(_workers(new)) & first_workers, 60,
                 what="the new master's workers to be replaced")
@@ -183,4 +183,40 @@ def test_sighup_during_a_reload_that_rolls_back_reloads_once_more(procs, tmp_pat
     assert "generation 4" not in served.log()  # one more reload, not one per SIGHUP
     served.proc.send_signal(signal.SIGQUIT)
     assert served.proc.wait(60) == 0
+    control.close()
+
+
+def _delivered(pid: int, signum: int) -> bool:
+    """Whether no ``signum`` is pending for ``pid`` any more (its handler has it)."""
+    with open(f"/proc/{pid}/status") as f:
+        pending = next(int(line.split()[1], 16) for line in f if line.startswith("ShdPnd:"))
+    return not pending & (1 << (signum - 1))
+
+
+def test_sigusr2s_during_a_master_upgrade_that_rolls_back_give_one_more(procs, tmp_path):
+    control = Control(tmp_path)
+    pidfile = tmp_path / "master.pid"
+    served = Served(procs, tmp_path, APP, "--workers", "2", "--pidfile", str(pidfile),
+                    "--ready-timeout", "60", env=control.env)
+    old = served.proc.pid
+    served.wait(lambda: _pid_in(pidfile) == old and len(_workers(old)) == 2, what="2 workers")
+    control.readiness("fail")
+    os.kill(old, signal.SIGUSR2)
+    control.arrived("start")  # the new master's workers are starting: they will fail
+    control.arrived("start")
+    control.readiness("ok")
+    for _ in range(2):  # one at a time: two SIGUSR2s pending at once are one to the kernel
+        os.kill(old, signal.SIGUSR2)
+        wait_for(lambda: _delivered(old, signal.SIGUSR2), 30, what="SIGUSR2 to be delivered")
+    control.release()
+    served.wait(lambda: "upgrade rolled back" in served.log(), 60, what="the rollback")
+    new = served.wait(lambda: _pid_in(pidfile) not in (None, old) and _pid_in(pidfile), 60,
+                      what="one more master upgrade after the rollback")
+    assert served.proc.wait(60) == 0
+    log = served.log()
+    assert log.count("started successor pid") == 2, log  # not one upgrade per SIGUSR2
+    assert "passed the trigger on" not in log
+    served.wait(lambda: len(_workers(new)) == 2, 60, what="the new master's workers")
+    os.kill(new, signal.SIGQUIT)
+    served.wait(lambda: _gone(new), 60, what="the new master to stop")
     control.close()
