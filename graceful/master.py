@@ -38,8 +38,9 @@ WebSockets: a WSGI worker) has nothing to confirm.
 
 Signals: SIGHUP reloads (a new generation); SIGUSR2 re-executes the master itself through the
 Upgrader. Those that come during a reload (or a master upgrade) give one more once it ends;
-those that reach a master which has handed over go to the new master. SIGTTIN/SIGTTOU add/remove a worker; SIGUSR1 is forwarded to the workers; SIGQUIT,
-SIGTERM (after ``shutdown_delay``) and SIGINT stop the workers with ``stop_signal`` and exit.
+those that reach a master which has handed over go to the new master. SIGTTIN/SIGTTOU
+add/remove a worker; SIGUSR1 is forwarded to the workers; SIGQUIT, SIGTERM (after
+``shutdown_delay``) and SIGINT stop the workers with ``stop_signal`` and exit.
 The master reaps every child, including orphans re-parented to it as a child subreaper.
 """
 
