@@ -7,7 +7,9 @@ whoever serves (adapters and built-in servers). It holds no sockets; servers rea
 - ``last_holder`` says whether it must first accept what is left in the accept queue (nobody
   else holds the listeners) or may simply close them (a successor holds them now),
 - ``deadline`` is when whatever is still open gets closed by force,
-- ``force_event`` is set when that moment comes early (a second SIGINT/SIGTERM).
+- ``force_event`` is set when that moment comes early (a second SIGINT/SIGTERM),
+- ``handed_over`` (and ``successor``, its pid) says the drain is a handover to a successor that
+  serves now, not a final stop.
 
 The connection helpers at the bottom (``close_gently``, ``accept_backlog``) are the two socket
 moves every drain needs, written once.
@@ -51,6 +53,9 @@ class Lifecycle:
         self.deadline: Optional[float] = None
         self.last_holder = True
         self.reason = ""
+        # The pid this generation handed its listeners over to, once it drains because of that
+        # (a routine handover, not a final stop).
+        self.successor: Optional[int] = None
         self._lock = threading.Lock()
         self._watchers: List[Callable[[str], None]] = []
         self._lame_duck_timer: Optional[threading.Timer] = None
@@ -70,6 +75,11 @@ class Lifecycle:
     @property
     def draining(self) -> bool:
         return self.stop_event.is_set()
+
+    @property
+    def handed_over(self) -> bool:
+        """Whether this generation drains because a successor serves now (not a final stop)."""
+        return self.successor is not None
 
     def time_left(self) -> Optional[float]:
         """Seconds until the force-close deadline (None while not draining, 0 once forced)."""
@@ -100,14 +110,23 @@ class Lifecycle:
             self._lame_duck_timer = timer
             timer.start()
 
+    def hand_over(self, successor_pid: int, last_holder: bool = False) -> None:
+        """Drain because ``successor_pid`` serves now (``last_holder``: it bound sockets of its
+        own beside ours, so what is queued on ours is still ours to serve)."""
+        self._drain(f"handed over to pid {successor_pid}", last_holder, successor_pid)
+
     def drain(self, reason: str, last_holder: bool = True) -> None:
         """Stop accepting now; the rest must finish before ``deadline``."""
+        self._drain(reason, last_holder, None)
+
+    def _drain(self, reason: str, last_holder: bool, successor: Optional[int]) -> None:
         with self._lock:
             if _ORDER[self.state] >= _ORDER[DRAINING]:
                 return
             self.state = DRAINING
             self.reason = reason
             self.last_holder = last_holder
+            self.successor = successor
             self.drain_started = time.monotonic()
             self.deadline = self.drain_started + self.graceful_timeout
         if self._lame_duck_timer is not None:

@@ -5,7 +5,8 @@ name). A new process - another container, a new unit - calls ``take_over(path)``
 binds anything: it is authenticated by SO_PEERCRED (same effective uid by default), receives
 the listeners by SCM_RIGHTS with their names, starts serving on them, and calls
 ``confirm_ready``. Only then does the old process drain and exit. If the new process goes away
-or times out before READY, the old one keeps serving and keeps its handoff socket.
+or times out before READY, the old one keeps serving and keeps its handoff socket, and takes
+its pidfile back if the new one had already taken it (``on_gone``: it does so just before READY).
 See ``graceful.handoff_protocol`` for the frames.
 """
 
@@ -51,14 +52,18 @@ def _peer(conn: socket.socket) -> Tuple[int, int, int]:
 class HandoffServer:
     """Serves ``listeners()`` to one authenticated taker at a time; ``on_ready(pid, shared)``
     when one took over (the caller then drains). ``shared`` is False when the taker bound its
-    own SO_REUSEPORT sockets instead of taking ours: ours are then still ours to empty."""
+    own SO_REUSEPORT sockets instead of taking ours: ours are then still ours to empty.
+    ``on_gone(pid)`` when a taker that got the listeners went away before READY: it may have
+    taken the pidfile already (just before READY), which the caller then takes back."""
 
     def __init__(self, path: str, listeners: Callable[[], Sequence[Tuple[str, socket.socket]]],
                  on_ready: Callable[[int, bool], None], *, ready_timeout: float = 30.0,
-                 allowed_uids: Optional[Iterable[int]] = None) -> None:
+                 allowed_uids: Optional[Iterable[int]] = None,
+                 on_gone: Optional[Callable[[int], None]] = None) -> None:
         self.path = path
         self._listeners = listeners
         self._on_ready = on_ready
+        self._on_gone = on_gone
         self.ready_timeout = ready_timeout
         self.allowed_uids = set(allowed_uids) if allowed_uids is not None else {os.geteuid()}
         self.sock, self._inode = _bind_handoff_socket(path)
@@ -113,18 +118,22 @@ class HandoffServer:
             _send_error(conn, f"uid {uid} may not take these sockets (allowed: "
                               f"{', '.join(map(str, sorted(self.allowed_uids)))})")
             return
+        listeners_sent = False
         try:
             conn.settimeout(min(_HELLO_TIMEOUT, self.ready_timeout))  # a silent client
             decoder = FrameDecoder()
             hello = _expect(conn, decoder, HELLO)
             shared = hello.body.get("fds", True)
             self._send_listeners(conn, with_fds=shared)
+            listeners_sent = True
             conn.settimeout(self.ready_timeout)
             ready = _expect(conn, decoder, READY)
         except (HandoffError, HandoffProtocolError, OSError) as exc:
             log.warning("handoff to pid %d did not happen, still serving: %s", pid, exc)
             if isinstance(exc, HandoffProtocolError):
                 _send_error(conn, str(exc))
+            if listeners_sent and self._on_gone is not None:
+                self._on_gone(pid)
             return
         self._done = True
         log.info("handoff: pid %d is serving on %s", ready.body["pid"],

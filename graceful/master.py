@@ -37,14 +37,17 @@ back for at most half the graceful timeout; one that closes its end (it exited, 
 WebSockets: a WSGI worker) has nothing to confirm.
 
 Signals: SIGHUP reloads (a new generation); SIGUSR2 re-executes the master itself through the
-Upgrader; SIGTTIN/SIGTTOU add/remove a worker; SIGUSR1 is forwarded to the workers; SIGQUIT,
-SIGTERM (after ``shutdown_delay``) and SIGINT stop the workers with ``stop_signal`` and exit.
+Upgrader. Those that come during a reload (or a master upgrade) give one more once it ends;
+those that reach a master which has handed over go to the new master. SIGTTIN/SIGTTOU
+add/remove a worker; SIGUSR1 is forwarded to the workers; SIGQUIT, SIGTERM (after
+``shutdown_delay``) and SIGINT stop the workers with ``stop_signal`` and exit.
 The master reaps every child, including orphans re-parented to it as a child subreaper.
 """
 
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import os
 import queue
@@ -180,6 +183,7 @@ class Master:
         self.generation = 0
         self.current: List[_Worker] = []  # the serving generation
         self.next: List[_Worker] = []  # a generation starting (reload), not yet ready
+        self._reload_pending = False  # a SIGHUP came while ``next`` was starting
         self.retired: List[_Worker] = []  # older generations, stopping
         self.failures: Dict[int, int] = {}  # slot -> consecutive crashes (for the backoff)
         self.served: Set[int] = set()  # slots that had a ready worker: never given up
@@ -190,7 +194,11 @@ class Master:
         self.exit_status: Optional[int] = None
         self._orphans: Optional[Tuple[int, float]] = None  # --init: (process group, kill at)
         self.command_status: Optional[int] = None  # --init: how the command exited
-        self._events: "queue.SimpleQueue[Tuple[str, int]]" = queue.SimpleQueue()
+        self._events: "queue.SimpleQueue[Tuple[str, int, int]]" = queue.SimpleQueue()
+        # Events are numbered as they are posted: the SIGUSR2s posted before a master upgrade
+        # began are coalesced into it (the upgrade blocks this loop, so they queue meanwhile).
+        self._numbers = itertools.count()
+        self._upgrade_began = -1
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -235,7 +243,7 @@ class Master:
         return self.exit_status
 
     def _post(self, event: str, signum: int) -> None:
-        self._events.put((event, signum))
+        self._events.put((event, signum, next(self._numbers)))
         try:
             os.write(self._wake_w, b"x")
         except OSError:
@@ -252,10 +260,10 @@ class Master:
                 self._on_worker_message(*key.data)
         while True:
             try:
-                event, signum = self._events.get_nowait()
+                event, signum, number = self._events.get_nowait()
             except queue.Empty:
                 break
-            self._on_event(event, signum)
+            self._on_event(event, signum, number)
         self._reap()
         self._on_timers(time.monotonic())
         if self.drain_gate:
@@ -300,13 +308,13 @@ class Master:
     def _all(self) -> List[_Worker]:
         return self.current + self.next + self.retired
 
-    def _on_event(self, event: str, signum: int) -> None:
+    def _on_event(self, event: str, signum: int, number: int = 0) -> None:
         if not self.respawn and event in ("reload", "upgrade", "more", "fewer"):
             event = "forward"  # --init: the command itself decides what its signals mean
         if event == "reload":
             self._reload()
         elif event == "upgrade":
-            self._upgrade_master()
+            self._upgrade_master(number)
         elif event == "more":
             self.workers_wanted += 1
             log.info("SIGTTIN: %d workers", self.workers_wanted)
@@ -361,9 +369,18 @@ class Master:
                  " ".join(str(w.pid) for w in workers))
 
     def _reload(self) -> None:
+        if self.upgrader.pass_on(signal.SIGHUP):
+            return  # this master handed over (SIGUSR2, a takeover): the one serving reloads
         if self.next:
-            log.info("SIGHUP: a reload is already in progress (generation %d); coalesced",
-                     self.generation)
+            # The generation starting may already run the old code or configuration: one more
+            # reload follows once it is serving or rolled back, however many SIGHUPs come now.
+            if not self._reload_pending:
+                log.info("SIGHUP: a reload is in progress (generation %d); one more follows "
+                         "once it ends", self.generation)
+            else:
+                log.info("SIGHUP: a reload is in progress and one more is already due; "
+                         "coalesced")
+            self._reload_pending = True
             return
         if self.lifecycle.draining:
             return
@@ -383,6 +400,16 @@ class Master:
             self._retire(worker)
         self.next = []
         systemd.notify("READY=1", f"STATUS=reload failed: {why}")
+        self._reload_ended()
+
+    def _reload_ended(self) -> None:
+        """The reload in progress is over (serving or rolled back): a SIGHUP that came during
+        it now gets its own reload (posted: it runs after this step's other events)."""
+        if self._reload_pending:
+            self._reload_pending = False
+            log.info("SIGHUP came during generation %d's start: reloading again",
+                     self.generation)
+            self._post("reload", signal.SIGHUP)
 
     def _generation_ready(self) -> None:
         """Every worker of the next generation is ready: it takes over."""
@@ -400,9 +427,18 @@ class Master:
             self.upgrader.ready()
         else:
             systemd.ready()
+        self._reload_ended()
 
-    def _upgrade_master(self) -> None:
-        """SIGUSR2: re-execute the master itself; its successor starts its own workers."""
+    def _upgrade_master(self, number: int) -> None:
+        """SIGUSR2: re-execute the master itself; its successor starts its own workers.
+        SIGUSR2s that came during one upgrade give one more (``number``: when it was posted)."""
+        if number < self._upgrade_began:
+            log.info("SIGUSR2: came during a master upgrade, and one more is already done or "
+                     "passed on; coalesced")
+            return
+        self._upgrade_began = next(self._numbers)
+        if self.upgrader.pass_on(signal.SIGUSR2):
+            return  # already handed over: the master serving now re-executes
         try:
             pid = self.upgrader.upgrade()
         except UpgradeError as exc:
@@ -412,7 +448,7 @@ class Master:
 
     def _shutdown(self) -> None:
         log.info("stopping: %s", self.lifecycle.reason or "giving up")
-        if not self.lifecycle.reason.startswith("handed over"):
+        if not self.lifecycle.handed_over:
             # A final stop: the workers are the last holders and serve what is queued; our
             # copies would keep the queue open (connections waiting there, then reset).
             for _, sock in self.listeners:
@@ -422,6 +458,9 @@ class Master:
             self._retire(worker, code=GOING_AWAY if final else SERVICE_RESTART)
         self.next, self.current = [], []
         self.respawn_at.clear()
+        if self._reload_pending:  # after a handover, a reload still due is the new master's
+            self._reload_pending = False
+            self.upgrader.pass_on(signal.SIGHUP)
         self._maybe_finish()
 
     # -- workers --------------------------------------------------------------------------------
@@ -650,7 +689,7 @@ class Master:
     def _final_stop(self) -> bool:
         """Whether this master is ending for good (lame duck or drain, not a handover)."""
         return (self.lifecycle.state in (LAME_DUCK, DRAINING, STOPPED)
-                and not self.lifecycle.reason.startswith("handed over"))
+                and not self.lifecycle.handed_over)
 
     def _close_gate(self, worker: _Worker) -> None:
         worker.accept_stopped = True  # a closed gate holds nobody back

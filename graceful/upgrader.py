@@ -21,7 +21,9 @@ already stopped accepting. The pidfile then keeps naming the dead successor, whi
 stale (its lock is free): ``graceful status`` says "not running", and a supervisor or operator
 can start a new first generation at once. The draining predecessor logs the death and finishes.
 An upgrade trigger that reaches a generation which has handed over is passed on to the
-generation it handed over to.
+generation it handed over to. One that comes while an upgrade is under way is kept (however
+many come, as one): once that upgrade ends, one more follows, here after a rollback, or in the
+successor it is passed on to: the code on disk may have changed after the successor started.
 """
 
 from __future__ import annotations
@@ -104,6 +106,10 @@ class Upgrader:
         self.max_generations = max_generations
         self.lifecycle = Lifecycle(graceful_timeout=graceful_timeout, idle_grace=idle_grace)
         self._upgrade_lock = threading.Lock()
+        # A trigger that arrived during an upgrade: one more upgrade follows once it ends (the
+        # operator may have fixed or changed the code after that upgrade's successor started).
+        self._trigger_lock = threading.Lock()  # orders "upgrade ends" against "trigger comes"
+        self._pending_trigger: Optional[int] = None
         self._signals = None
         self._closed = False
 
@@ -298,11 +304,12 @@ class Upgrader:
             # Shared: the taker holds our very sockets. Otherwise it bound its own beside ours
             # (SO_REUSEPORT) and what is queued on ours is still ours to serve.
             self._successor_pid = pid
-            self.lifecycle.drain(f"handed over to pid {pid}", last_holder=not shared)
+            self.lifecycle.hand_over(pid, last_holder=not shared)
 
         self._handoff_server = HandoffServer(
             self.handoff_socket, self.listeners.items, handed_over,  # type: ignore[arg-type]
-            ready_timeout=self.ready_timeout, allowed_uids=self.handoff_uids)
+            ready_timeout=self.ready_timeout, allowed_uids=self.handoff_uids,
+            on_gone=self._take_pidfile_back)
 
     def _give_up_ready_fd(self, reason: Optional[str] = None) -> None:
         """Tell the predecessor we will not be ready, and why (``reason``, else the exception
@@ -333,6 +340,11 @@ class Upgrader:
         """
         if not self._upgrade_lock.acquire(blocking=False):
             raise UpgradeError("an upgrade is already in progress")
+        return self._upgrade_holding_lock()
+
+    def _upgrade_holding_lock(self) -> int:
+        """The upgrade itself; releases the upgrade lock, then acts on a trigger that came
+        meanwhile."""
         try:
             self._check_can_upgrade()
             systemd.reloading()
@@ -342,12 +354,32 @@ class Upgrader:
                 systemd.notify("READY=1", f"STATUS=upgrade failed: {exc}")
                 raise
             self._successor_pid = pid  # from now on, triggers are passed on to it
+            self._pass_pending_trigger_on()  # now, before we drain (and may soon exit)
             systemd.mainpid(pid)
             systemd.ready()
-            self.lifecycle.drain(f"handed over to pid {pid}", last_holder=False)
+            self.lifecycle.hand_over(pid)
             return pid
         finally:
-            self._upgrade_lock.release()
+            with self._trigger_lock:
+                self._upgrade_lock.release()
+                pending, self._pending_trigger = self._pending_trigger, None
+            if pending is not None:
+                self._after_coalesced_trigger(pending)
+
+    def _pass_pending_trigger_on(self) -> None:
+        with self._trigger_lock:
+            pending, self._pending_trigger = self._pending_trigger, None
+        if pending is not None:
+            self.pass_on(pending)
+
+    def _after_coalesced_trigger(self, signum: int) -> None:
+        """The one more upgrade that triggers during the upgrade just ended asked for: here
+        after a rollback, in the successor (passed on) once it took over."""
+        name = signal.Signals(signum).name
+        if self.pass_on(signum):
+            return
+        log.info("%s came during the upgrade that just ended: upgrading again", name)
+        self._on_upgrade_signal(signum)
 
     def _check_can_upgrade(self) -> None:
         state = self.lifecycle.state
@@ -482,30 +514,47 @@ class Upgrader:
 
     def _on_upgrade_signal(self, signum: int) -> None:
         name = signal.Signals(signum).name
-        if self._successor_pid is not None:
-            self._pass_trigger_on(signum, name, self._successor_pid)
+        if self.pass_on(signum):
             return
-        if self._upgrade_lock.locked():
-            log.info("%s: an upgrade is already in progress; trigger coalesced", name)
-            return
-        threading.Thread(target=self._upgrade_logged, args=(name,), name="graceful-upgrade",
-                         daemon=True).start()
+        with self._trigger_lock:
+            if not self._upgrade_lock.acquire(blocking=False):
+                if self._pending_trigger is None:
+                    log.info("%s: an upgrade is in progress; one more follows once it ends",
+                             name)
+                else:
+                    log.info("%s: an upgrade is in progress and one more is already due; "
+                             "trigger coalesced", name)
+                self._pending_trigger = signum
+                return
+        try:
+            threading.Thread(target=self._upgrade_logged, args=(name,),
+                             name="graceful-upgrade", daemon=True).start()
+        except RuntimeError:  # no thread, no upgrade: none is in progress either
+            self._upgrade_lock.release()
+            raise
 
-    def _pass_trigger_on(self, signum: int, name: str, successor: int) -> None:
-        """A trigger meant for the serving generation came here, after we handed over (the
-        pidfile was read a moment early): it goes to the generation now serving."""
+    def pass_on(self, signum: int) -> bool:
+        """Once this generation has handed over, send ``signum`` to the generation it handed
+        over to and return True: a trigger meant for the serving generation came here (the
+        pidfile was read a moment early). False, and nothing sent, before a handover."""
+        successor = self._successor_pid
+        if successor is None:
+            return False
+        name = signal.Signals(signum).name
         try:
             os.kill(successor, signum)
         except ProcessLookupError:
             log.error("%s: pid %d handed over to pid %d, which is gone; upgrade not done",
                       name, os.getpid(), successor)
-            return
+            return True
         log.info("%s: pid %d has handed over; passed the trigger on to pid %d, which serves",
                  name, os.getpid(), successor)
+        return True
 
     def _upgrade_logged(self, trigger: str) -> None:
+        """In its own thread, holding the upgrade lock (taken by ``_on_upgrade_signal``)."""
         try:
-            self.upgrade()
+            self._upgrade_holding_lock()
         except UpgradeError as exc:
             log.error("%s: upgrade not done: %s", trigger, exc)
 
@@ -516,7 +565,7 @@ class Upgrader:
     def _on_terminate(self, signum: int) -> None:
         name = signal.Signals(signum).name
         if self.lifecycle.state in (LAME_DUCK, DRAINING, STOPPED):
-            if self.lifecycle.reason.startswith("handed over"):
+            if self.lifecycle.handed_over:
                 # Draining after a handover is routine; a TERM now means "finish up".
                 log.info("%s while draining after handover: continuing the drain", name)
                 return

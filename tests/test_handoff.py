@@ -187,3 +187,33 @@ def test_handoff_uid_must_be_a_number_or_a_user(tmp_path):
                             cwd=str(tmp_path))
     assert result.returncode == 2
     assert "'no-such-user-here' is neither a uid number nor a user name" in result.stderr
+
+
+def test_a_taker_killed_after_it_took_the_pidfile_gives_it_back(procs, tmp_path):
+    from graceful.pidfile import owner_pid, read_pid
+
+    handoff = str(tmp_path / "handoff.sock")
+    pidfile = tmp_path / "app.pid"
+    old = Served(procs, tmp_path, "lifecycle_app.py:app", "--handoff-socket", handoff,
+                 "--pidfile", str(pidfile))
+    old.wait(lambda: owner_pid(pidfile) == old.proc.pid, what="the pidfile to name the server")
+    # The taker takes the pidfile as it gets ready, then is killed before it says READY.
+    env = dict(os.environ, LIFECYCLE_APP_DIE_BEFORE_READY=str(pidfile))
+    taker = Served(procs, tmp_path, "lifecycle_app.py:app", "--takeover", handoff, "--pidfile",
+                   str(pidfile), port=old.port, env=env, wait=False)
+    assert taker.proc.wait(60) == -signal.SIGKILL
+    assert f"dying before READY; the pidfile names {taker.proc.pid}" in taker.log()
+    # Logged once the pidfile is back in place.
+    old.wait(lambda: f"taken back from failed successor pid {taker.proc.pid}" in old.log(), 30,
+             what="the pidfile to be taken back by the server that still serves")
+    assert owner_pid(pidfile) == read_pid(pidfile) == old.proc.pid
+    assert list(tmp_path.glob(".app.pid.*.tmp")) == []  # the taker's staged file is gone too
+    assert http_get(old.port, "/hello").count(f"X-Pid: {old.proc.pid}".encode()) == 1
+    # It still offers its sockets: the next taker takes over, and the pidfile follows it.
+    new = Served(procs, tmp_path, "lifecycle_app.py:app", "--takeover", handoff, "--pidfile",
+                 str(pidfile), port=old.port)
+    assert old.proc.wait(30) == 0
+    new.wait(lambda: owner_pid(pidfile) == new.proc.pid, what="the pidfile to name the new one")
+    new.proc.send_signal(signal.SIGQUIT)
+    assert new.proc.wait(30) == 0
+    assert not pidfile.exists()
