@@ -627,7 +627,7 @@ class _Cycle:
         # Answered from the loop, not from inside the parser's event loop in _advance.
         if ready_path is not None and request.path == ready_path:
             loop.call_soon(self._answer_readiness)
-        elif request.upgrade == b"websocket":  # _wants_websocket, inline: once per request
+        elif request.upgrade == b"websocket":  # a WebSocket handshake
             loop.call_soon(asgi_websocket.upgrade, self)
         else:
             loop.create_task(self._run())

@@ -609,9 +609,7 @@ def _frame(method: bytes, target: bytes, path: bytes, query: bytes, version: byt
     upgrade: Optional[bytes] = None
     forwarded = False
     host_at = -1
-    index = -1
-    for name, value in headers:
-        index += 1
+    for index, (name, value) in enumerate(headers):
         kind = _FRAMING_FIELDS.get(name)
         if kind is None:
             continue  # most fields: nothing for the framing to do
