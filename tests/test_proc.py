@@ -10,12 +10,14 @@ from graceful import _proc
 
 def test_group_lists_a_session_with_its_child_and_their_cpu_time(procs):
     # A parent in a session of its own that starts a child and spins a little, then sleeps.
+    # The sleeps only keep both processes alive until the procs fixture kills the group.
+    stay = "import time; time.sleep(600)"  # sleep-ok: alive until killed
     code = ("import subprocess, sys, time\n"
-            "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+            f"child = subprocess.Popen([sys.executable, '-c', {stay!r}])\n"
             "end = time.process_time() + 0.2\n"
             "while time.process_time() < end: pass\n"
             "print(child.pid, flush=True)\n"
-            "time.sleep(600)\n")
+            "time.sleep(600)\n")  # sleep-ok: stays alive until killed
     parent = procs.python("-c", code, stdout=subprocess.PIPE, text=True)
     child = int(parent.stdout.readline())
     members = {m.pid: m for m in _proc.group(parent.pid)}
