@@ -519,9 +519,7 @@ def _parse_fields(lines: List[bytes], limits: Limits) -> Headers:
         if lower is None:
             if not colon or not _TOKEN.fullmatch(name):
                 raise HTTPError(400, f"malformed header line {line[:100]!r}")
-            lower = name.lower()
-            if len(names) < 4096:  # names repeat from request to request: remember valid ones
-                names[name] = lower
+            lower = _remember_name(name)
         headers.append((lower, value.strip(b" \t")))
     return headers
 
@@ -537,14 +535,21 @@ def _matched_fields(lines: List[bytes], limits: Limits) -> Headers:
         name, _, value = line.partition(b":")
         lower = names.get(name)
         if lower is None:
-            lower = name.lower()
-            if len(names) < 4096:
-                names[name] = lower
+            lower = _remember_name(name)
         headers.append((lower, value.strip(b" \t")))
     return headers
 
 
 _known_names: Dict[bytes, bytes] = {}
+
+
+def _remember_name(name: bytes) -> bytes:
+    """The lower-case form of a valid field name, kept in ``_known_names`` (bounded): names
+    repeat from request to request."""
+    lower = name.lower()
+    if len(_known_names) < 4096:
+        _known_names[name] = lower
+    return lower
 
 
 def _split_target(target: bytes, method: bytes) -> Tuple[bytes, bytes, Optional[bytes]]:

@@ -263,7 +263,8 @@ def run_workers(config: "Config", reread: Optional[Callable[[], "Config"]] = Non
 
     # A password the master was given in its environment reaches the workers with their
     # Config (an inherited memfd), not in an environment that the application's programs inherit.
-    inherited = {k: v for k, v in os.environ.items() if k not in secret_env_names()}
+    secrets = secret_env_names()
+    inherited = {k: v for k, v in os.environ.items() if k not in secrets}
     master = Master(worker_command, binds=binds, workers=config.workers, ready="fd",
                     stop_signal=signal.SIGQUIT, pidfile=config.pidfile,
                     ready_timeout=config.ready_timeout, graceful_timeout=config.graceful_timeout,
